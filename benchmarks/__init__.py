@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints markdown tables; run them as ``python benchmarks/<name>.py``."""

@@ -1,0 +1,437 @@
+"""Overhead of a denoising-like loop: three tiny sub-blocks per step, T = 50 and 1000 steps.
+
+Each step runs the shape of a real denoising step on a (1, 4, 8, 8) tensor, with the
+heavy parts replaced by one elementwise op each:
+
+* ``scale_input``: ``latent_in = latents * 1.0``
+* ``fake_unet``: ``noise_pred = latent_in * 0.5`` (it also takes the timestep ``t``, as a
+  UNet does, and ignores it)
+* ``scheduler_step``: ``latents = latents - 0.01 * noise_pred``
+
+The timesteps are a float tensor (``torch.linspace(999, 0, T)``), like a scheduler's,
+and every contender iterates the same one. Contenders:
+
+* **hand-written**: ``for i, t in enumerate(timesteps)`` calling the three functions.
+* **modblocks**: ``mb.loop(scale_input >> fake_unet >> scheduler_step, over="timesteps",
+  index="i", item="t", progress=...)``, called as ``denoise.run(latents=x,
+  timesteps=ts)["latents"]``.
+* **diffusers**: a ``LoopSequentialPipelineBlocks`` subclass with the three sub-blocks,
+  whose ``__call__`` follows the SDXL modular denoise loop (``get_block_state``, then
+  ``with self.progress_bar(total=...)`` around ``self.loop_step(components, block_state,
+  i=i, t=t)`` for each timestep, then ``set_block_state``). It is wrapped in a
+  ``SequentialPipelineBlocks`` (as diffusers' pipelines wrap their denoise step), turned
+  into a pipeline with ``init_pipeline()`` and called as ``pipe(latents=x, timesteps=ts,
+  output="latents")``.
+
+Both frameworks are measured with the progress bar disabled and enabled. Enabled bars
+are real tqdm bars writing to a throwaway ``io.StringIO``: modblocks through
+``mb.progress(file=...)``, diffusers through ``pipe.set_progress_bar_config(file=...)``.
+``ModularPipeline.set_progress_bar_config`` only forwards to the *direct* sub-blocks of
+the pipeline's top-level block, which is why the loop is wrapped in a
+``SequentialPipelineBlocks``: a loop used as the top-level block, or nested one level
+deeper, is not reached (compare diffusers issue #12386). The script checks that the
+setting arrived.
+
+The table reports milliseconds per run, the overhead per step (run time minus the
+hand-written run time, divided by T) and how many times modblocks' per-step overhead
+diffusers' is. All contenders run interleaved in one process (see ``_harness.py``); each
+number is the median over rounds. Run it from the repository root::
+
+    python benchmarks/loop.py            # full run, about a minute
+    python benchmarks/loop.py --quick    # smoke run, numbers are noisy
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from diffusers.modular_pipelines import (
+    BlockState,
+    InputParam,
+    LoopSequentialPipelineBlocks,
+    ModularPipeline,
+    ModularPipelineBlocks,
+    OutputParam,
+    PipelineState,
+    SequentialPipelineBlocks,
+)
+from diffusers.utils import logging as diffusers_logging
+
+try:  # run as `python benchmarks/loop.py`, or imported as `benchmarks.loop`
+    from benchmarks import _harness
+except ImportError:  # pragma: no cover - depends on how the script is started
+    import _harness  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+STEP_COUNTS: tuple[int, ...] = (50, 1000)
+SHAPE: tuple[int, ...] = (1, 4, 8, 8)
+
+Thunk = Callable[[], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def scale_input(latents: torch.Tensor) -> torch.Tensor:
+    """Scale the latents for the model (here: times one).
+
+    Args:
+        latents: The current latents.
+
+    Returns:
+        ``latent_in``, the model input.
+    """
+    return latents * 1.0
+
+
+def fake_unet(latent_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Stand in for the denoiser.
+
+    Args:
+        latent_in: The model input.
+        t: The current timestep (ignored).
+
+    Returns:
+        ``noise_pred``, the predicted noise.
+    """
+    return latent_in * 0.5
+
+
+def scheduler_step(latents: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
+    """Take one scheduler step.
+
+    Args:
+        latents: The current latents.
+        noise_pred: The predicted noise.
+
+    Returns:
+        The updated latents.
+    """
+    return latents - 0.01 * noise_pred
+
+
+def hand_loop(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Run the denoising loop by hand: the baseline.
+
+    Args:
+        latents: The initial latents.
+        timesteps: The timesteps to loop over.
+
+    Returns:
+        The final latents.
+    """
+    for _i, t in enumerate(timesteps):
+        latent_in = scale_input(latents)
+        noise_pred = fake_unet(latent_in, t)
+        latents = scheduler_step(latents, noise_pred)
+    return latents
+
+
+def make_inputs(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the initial latents and ``steps`` timesteps."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(SHAPE, generator=generator), torch.linspace(999, 0, steps)
+
+
+# --------------------------------------------------------------------------- modblocks
+
+
+def modblocks_loop(mb: Any, *, progress: bool) -> Any:
+    """Build the modblocks denoising loop.
+
+    Args:
+        mb: The ``modblocks`` module.
+        progress: Whether the loop shows a progress bar.
+
+    Returns:
+        ``mb.loop(scale_input >> fake_unet >> scheduler_step, over="timesteps", ...)``.
+    """
+    body = (
+        mb.block(scale_input, output="latent_in")
+        >> mb.block(fake_unet, output="noise_pred")
+        >> mb.block(scheduler_step, output="latents")
+    )
+    return mb.loop(body, over="timesteps", index="i", item="t", progress=progress)
+
+
+def build_modblocks(mb: Any, steps: int, *, progress: bool) -> Thunk:
+    """Return a thunk running the modblocks loop over ``steps`` timesteps.
+
+    With ``progress=True`` the bar goes to a throwaway ``io.StringIO`` set through
+    ``mb.progress(file=...)``.
+    """
+    if progress:
+        mb.progress(file=io.StringIO())
+    denoise = modblocks_loop(mb, progress=progress)
+    latents, timesteps = make_inputs(steps)
+    run = denoise.run
+
+    def call() -> torch.Tensor:
+        return run(latents=latents, timesteps=timesteps)["latents"]
+
+    return call
+
+
+# --------------------------------------------------------------------------- diffusers
+
+
+def quiet_diffusers() -> None:
+    """Silence diffusers' logging and its warning about unexpected inputs."""
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="Unexpected input")
+
+
+class ScaleInput(ModularPipelineBlocks):
+    """Loop sub-block: ``latent_in = scale_input(latents)``."""
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        """The value this step reads."""
+        return [InputParam("latents", required=True)]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        """The value this step writes."""
+        return [OutputParam("latent_in")]
+
+    def __call__(
+        self,
+        components: ModularPipeline,
+        block_state: BlockState,
+        i: int,
+        t: torch.Tensor,
+    ) -> tuple[ModularPipeline, BlockState]:
+        """Run the step on the loop's shared block state."""
+        block_state.latent_in = scale_input(block_state.latents)
+        return components, block_state
+
+
+class FakeUnet(ModularPipelineBlocks):
+    """Loop sub-block: ``noise_pred = fake_unet(latent_in, t)``."""
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        """The value this step writes."""
+        return [OutputParam("noise_pred")]
+
+    def __call__(
+        self,
+        components: ModularPipeline,
+        block_state: BlockState,
+        i: int,
+        t: torch.Tensor,
+    ) -> tuple[ModularPipeline, BlockState]:
+        """Run the step on the loop's shared block state."""
+        block_state.noise_pred = fake_unet(block_state.latent_in, t)
+        return components, block_state
+
+
+class SchedulerStep(ModularPipelineBlocks):
+    """Loop sub-block: ``latents = scheduler_step(latents, noise_pred)``."""
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        """The value this step writes."""
+        return [OutputParam("latents")]
+
+    def __call__(
+        self,
+        components: ModularPipeline,
+        block_state: BlockState,
+        i: int,
+        t: torch.Tensor,
+    ) -> tuple[ModularPipeline, BlockState]:
+        """Run the step on the loop's shared block state."""
+        block_state.latents = scheduler_step(block_state.latents, block_state.noise_pred)
+        return components, block_state
+
+
+class DenoiseLoop(LoopSequentialPipelineBlocks):
+    """The loop, written like diffusers' ``StableDiffusionXLDenoiseLoopWrapper``."""
+
+    block_classes: ClassVar[list[type[ModularPipelineBlocks]]] = [
+        ScaleInput,
+        FakeUnet,
+        SchedulerStep,
+    ]
+    block_names: ClassVar[list[str]] = ["scale_input", "fake_unet", "scheduler_step"]
+
+    @property
+    def description(self) -> str:
+        """One line for diffusers' docs and repr."""
+        return "Denoise the latents over the timesteps."
+
+    @property
+    def loop_inputs(self) -> list[InputParam]:
+        """The value the loop iterates over."""
+        return [InputParam("timesteps", required=True)]
+
+    def __call__(
+        self, components: ModularPipeline, state: PipelineState
+    ) -> tuple[ModularPipeline, PipelineState]:
+        """Run the three sub-blocks once per timestep, updating a progress bar."""
+        block_state = self.get_block_state(state)
+        with self.progress_bar(total=len(block_state.timesteps)) as progress_bar:
+            for i, t in enumerate(block_state.timesteps):
+                components, block_state = self.loop_step(components, block_state, i=i, t=t)
+                progress_bar.update()
+        self.set_block_state(state, block_state)
+        return components, state
+
+
+def build_diffusers(steps: int, *, progress: bool) -> Thunk:
+    """Return a thunk running the diffusers loop over ``steps`` timesteps.
+
+    Args:
+        steps: Number of timesteps.
+        progress: Whether the tqdm bar is enabled (writing to an ``io.StringIO``).
+
+    Returns:
+        A thunk calling ``pipe(latents=x, timesteps=ts, output="latents")``.
+
+    Raises:
+        RuntimeError: If ``set_progress_bar_config`` did not reach the loop block.
+    """
+    quiet_diffusers()
+    blocks = SequentialPipelineBlocks.from_blocks_dict({"denoise": DenoiseLoop()})
+    pipe = blocks.init_pipeline()
+    config: dict[str, Any] = {"file": io.StringIO()} if progress else {"disable": True}
+    pipe.set_progress_bar_config(**config)
+    # `pipe.blocks` is a deep copy; look at the blocks the pipeline really runs.
+    if getattr(pipe._blocks.sub_blocks["denoise"], "_progress_bar_config", None) != config:
+        msg = "pipe.set_progress_bar_config did not reach the loop block"
+        raise RuntimeError(msg)
+    latents, timesteps = make_inputs(steps)
+
+    def call() -> torch.Tensor:
+        return pipe(latents=latents, timesteps=timesteps, output="latents")
+
+    return call
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure(
+    mb: Any, steps: int, settings: _harness.Settings, notes: dict[str, str]
+) -> dict[str, float]:
+    """Time every contender for one step count.
+
+    Args:
+        mb: The ``modblocks`` module, or ``None`` when it is not usable.
+        steps: Number of timesteps.
+        settings: Measurement settings.
+        notes: Collects reasons why a contender is ``n/a``.
+
+    Returns:
+        Contender name to median microseconds per run (contenders that failed are absent).
+    """
+    latents, timesteps = make_inputs(steps)
+    expected = hand_loop(latents, timesteps)
+
+    def hand() -> torch.Tensor:
+        return hand_loop(latents, timesteps)
+
+    builders: dict[str, Callable[[], Thunk]] = {}
+    if mb is not None:
+        builders["modblocks"] = functools.partial(build_modblocks, mb, steps, progress=False)
+        builders["modblocks + bar"] = functools.partial(build_modblocks, mb, steps, progress=True)
+    builders["diffusers"] = functools.partial(build_diffusers, steps, progress=False)
+    builders["diffusers + bar"] = functools.partial(build_diffusers, steps, progress=True)
+
+    thunks: dict[str, Thunk] = {"hand-written": hand}
+    for name, build in builders.items():
+        try:
+            thunk = build()
+            result = thunk()
+        except Exception as exc:  # noqa: BLE001 - report and carry on with the others
+            notes.setdefault(name, f"{type(exc).__name__}: {exc}")
+            continue
+        if not (isinstance(result, torch.Tensor) and torch.equal(result, expected)):
+            notes.setdefault(name, "result differs from the hand-written loop's")
+            continue
+        thunks[name] = thunk
+    timings = _harness.measure_interleaved(thunks, settings)
+    return {name: timing.median_us for name, timing in timings.items()}
+
+
+def loop_table(mb: Any, settings: _harness.Settings, notes: dict[str, str]) -> str:
+    """Measure all step counts and render the table.
+
+    Args:
+        mb: The ``modblocks`` module, or ``None`` when it is not usable.
+        settings: Measurement settings.
+        notes: Collects reasons why a contender is ``n/a``.
+
+    Returns:
+        The markdown table.
+    """
+    rows: list[list[str]] = []
+    for steps in STEP_COUNTS:
+        us = measure(mb, steps, settings, notes)
+        base = us["hand-written"]
+        per_step = {name: (value - base) / steps for name, value in us.items()}
+        for name in (
+            "hand-written",
+            "modblocks",
+            "diffusers",
+            "modblocks + bar",
+            "diffusers + bar",
+        ):
+            ratio = None
+            if name.startswith("diffusers"):
+                reference = per_step.get(name.replace("diffusers", "modblocks"))
+                if reference and reference > 0 and name in per_step:
+                    ratio = per_step[name] / reference
+            elif name.startswith("modblocks") and name in per_step:
+                ratio = 1.0
+            value = us.get(name)
+            rows.append(
+                [
+                    f"T={steps} {name}",
+                    _harness.fmt(None if value is None else value / 1_000, 3),
+                    "baseline" if name == "hand-written" else _harness.fmt(per_step.get(name)),
+                    _harness.fmt(ratio),
+                ]
+            )
+    return _harness.markdown_table(
+        ["loop", "ms/run", "overhead µs/step", "ratio to modblocks (per step)"], rows
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its table.
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit status.
+    """
+    settings = _harness.parse_settings(
+        argv, __doc__.splitlines()[0], _harness.Settings(batch_ns=50_000_000)
+    )
+    mb, why = _harness.optional_import("modblocks", ("block", "loop"))
+    notes: dict[str, str] = {}
+    if mb is None:
+        notes["modblocks"] = why
+
+    _harness.emit(_harness.environment(["modblocks", "diffusers", "torch", "tqdm"]))
+    _harness.emit(f"{settings.describe()}, torch threads=1\n")
+    _harness.emit(f"## Denoising-like loop, 3 sub-blocks per step, latents {tuple(SHAPE)}\n")
+    with torch.no_grad():  # diffusers runs its blocks under no_grad; so does everyone here
+        _harness.emit(loop_table(mb, settings, notes))
+    _harness.emit_notes(notes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""`@block`: a plain function that declares its inputs and outputs, and `Block`, what it returns."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import attrs
+
+from ._node import Interface, Node, _check_identifier
+from ._run import MISSING, OUTPUT, Exec, Failure, Run, Values
+from ._signature import FunctionSpec, caller_namespace, read_function
+from ._specs import NOTHING
+from ._typecheck import type_name
+from .exceptions import WiringError
+
+__all__ = ["Block", "block"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@attrs.frozen(slots=False, eq=False, repr=False)
+class Block(Node, Generic[P, R]):
+    """A function that declares its inputs and outputs: the leaf of every pipeline.
+
+    Calling a block calls the function, so blocks are unit tested as functions. Made by
+    `block`; `rename`, `bind` and `named` return adapted copies that are still blocks.
+    """
+
+    fn: Callable[P, R] = attrs.field(repr=False)
+    name: str
+    spec: FunctionSpec = attrs.field(repr=False)
+    output: str | None = None
+    cache: bool = True
+    renames: tuple[tuple[str, str], ...] = ()  # (parameter or output name, name in the state)
+    bound: tuple[tuple[str, Any], ...] = ()  # (name in the state, value)
+    _iface: Interface = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Look like the function to help(), inspect, pydoc and doctest, as
+        # functools.update_wrapper would (it can't: the instance is frozen).
+        self.__dict__.update(
+            __module__=self.fn.__module__,
+            __qualname__=self.fn.__qualname__,
+            __doc__=self.fn.__doc__,
+        )
+        rename = dict(self.renames)
+        bound = dict(self.bound)
+        inputs = tuple(
+            attrs.evolve(s, name=rename.get(s.name, s.name))
+            for s in self.spec.inputs
+            if rename.get(s.name, s.name) not in bound
+        )
+        outputs = tuple(attrs.evolve(s, name=rename.get(s.name, s.name)) for s in self.spec.outputs)
+        if len({s.name for s in outputs}) < len(outputs):
+            msg = f"renaming block `{self.name}` gives two of its outputs the same name."
+            raise WiringError(msg, producer=self.name)
+        self.__dict__["_iface"] = Interface(inputs, outputs, bound=tuple(bound))
+        if self.renames or self.bound:
+            self.__dict__["__signature__"] = _adapted_signature(self)
+
+    @property
+    def __name__(self) -> str:
+        return self.fn.__name__
+
+    @property
+    def __wrapped__(self) -> Callable[P, R]:
+        return self.fn
+
+    @property
+    def description(self) -> str:
+        return self.spec.description
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not (self.renames or self.bound):
+            return self.fn(*args, **kwargs)
+        # An adapted block takes its inputs under their new names, without the bound ones.
+        bound_args = self.__dict__["__signature__"].bind(*args, **kwargs)
+        given = {**dict(self.bound), **bound_args.arguments}
+        param = {new: old for old, new in self.renames}
+        return self.fn(**{param.get(k, k): v for k, v in given.items()})  # type: ignore[arg-type]
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Block[P, R]:
+        # A block stored on a class stays a block (functions would become bound methods).
+        return self
+
+    # -- adapting: each returns a block, so its function stays callable ----------------------
+
+    def named(self, name: str) -> Block[P, R]:
+        _check_identifier(name, self.name)
+        return attrs.evolve(self, name=name)
+
+    def rename(self, **names: str) -> Block[..., R]:
+        """Return a copy that reads and writes ``old`` as ``new``; the function is unchanged.
+
+        The return type survives; the parameters become ``...`` for type checkers.
+        """
+        self._check_names(names, "rename")
+        current = dict(self.renames)
+        original = {new: old for old, new in current.items()}
+        for old, new in names.items():
+            _check_identifier(new, self.name)
+            current[original.get(old, old)] = new
+        bound = tuple((names.get(n, n), v) for n, v in self.bound)
+        return attrs.evolve(self, renames=tuple(current.items()), bound=bound)
+
+    def bind(self, **values: Any) -> Block[..., R]:
+        """Return a copy with inputs, components or configs fixed (partial application).
+
+        Bound names stop being inputs; at run time their values enter the state as if the
+        caller had given them. The return type survives; the parameters become ``...``.
+        """
+        self._check_names(values, "bind", outputs=False)
+        return attrs.evolve(self, bound=self.bound + tuple(values.items()))
+
+    # -- running -------------------------------------------------------------------------
+
+    def _compile(self) -> Exec:
+        lines, namespace = self._source("")
+        body = "\n".join(f"        {line}" for line in lines)
+        source = (
+            "def run_block(v, run):\n"
+            "    try:\n"
+            f"{body}\n"
+            "    except Failure:\n"
+            "        raise\n"
+            "    except Exception as exc:\n"
+            "        raise failure(exc, v) from None\n"
+        )
+        namespace.update(Failure=Failure, failure=self._failure)
+        exec(compile(source, f"<block {self.name}>", "exec"), namespace)  # noqa: S102
+        run_block: Exec = namespace["run_block"]
+        return run_block
+
+    def _source(self, tag: str) -> tuple[list[str], dict[str, Any]]:
+        """Python lines that run this block on the values ``v`` (inlined by sequences)."""
+        rename = dict(self.renames)
+        bound = dict(self.bound)
+        ns: dict[str, Any] = {f"f{tag}": self.fn}
+        lines: list[str] = []
+        for pos, (key, value) in enumerate(bound.items()):
+            ns[f"b{tag}_{pos}"] = value
+            lines.append(f"v[{key!r}] = b{tag}_{pos}")
+        args: list[str] = []
+        params = inspect.signature(self.fn).parameters
+        for pos, spec in enumerate(self.spec.inputs):
+            key = rename.get(spec.name, spec.name)
+            if key in bound:
+                expr = f"b{tag}_{list(bound).index(key)}"
+            elif spec.required:
+                expr = f"v[{key!r}]"
+            else:
+                ns[f"d{tag}_{pos}"] = spec.default
+                expr = f"v.get({key!r}, d{tag}_{pos})"
+            keyword = params[spec.name].kind is inspect.Parameter.KEYWORD_ONLY
+            args.append(f"{spec.name}={expr}" if keyword else expr)
+        lines.append(f"r = f{tag}({', '.join(args)})")
+        ns[f"bad{tag}"] = self._bad_result
+        outputs = [rename.get(s.name, s.name) for s in self.spec.outputs]
+        result = self.spec.result
+        if self.output is not None:
+            lines.append(f"v[{outputs[0]!r}] = r")
+        elif result is type(None):
+            lines.append(f"if r is not None: bad{tag}(r)")
+        else:
+            ns[f"T{tag}"] = result
+            targets = ", ".join(f"v[{name!r}]" for name in outputs)
+            lines.append(f"if r.__class__ is not T{tag} and not isinstance(r, T{tag}): bad{tag}(r)")
+            lines.append(f"{targets}, = r")
+        return lines, ns
+
+    def _bad_result(self, result: object) -> None:
+        declared = self.spec.result
+        if declared is type(None):
+            expected = "is annotated `-> None`"
+            fix = "Return nothing, or declare the outputs with a NamedTuple."
+        else:
+            assert declared is not None  # noqa: S101 - `output=` blocks accept any result
+            fields = ", ".join(declared._fields)  # type: ignore[attr-defined]
+            expected = f"declares `{type_name(declared)}` (fields {fields})"
+            fix = f"Return `{declared.__name__}(...)`."
+        msg = (
+            f"block `{self.name}` returned {type(result).__name__} {_short(result)}, "
+            f"but its return annotation {expected}. {fix}"
+        )
+        raise Failure(OUTPUT, message=msg, block=self.name)
+
+    def _failure(self, exc: Exception, values: Values) -> Failure:
+        """Explain an exception raised while running this block inside a run."""
+        missing = tuple(s.name for s in self._iface.inputs if s.required and s.name not in values)
+        if missing and isinstance(exc, KeyError):
+            # The values are read before the call, so the block itself never started.
+            return Failure(MISSING, names=missing, node=self.name)
+        return Failure("block", exc, block=self.name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle by reference, as functions are: the module attribute *is* the block.
+        module, qualname = self.fn.__module__, self.fn.__qualname__
+        try:
+            if _lookup(module, qualname) is self:
+                return (_lookup, (module, qualname))
+        except (ImportError, AttributeError):
+            pass
+        options = (self.name, self.output, self.cache, self.renames, self.bound)
+        return (_rebuild, (module, qualname, options))
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _rebuild(module: str, qualname: str, options: tuple[Any, ...]) -> Block[..., Any]:
+    name, output, cache, renames, bound = options
+    fn = _lookup(module, qualname)
+    if isinstance(fn, Block):
+        fn = fn.fn
+    base = block(fn, name=name, output=output, cache=cache)
+    return attrs.evolve(base, renames=renames, bound=bound)
+
+
+def _adapted_signature(blk: Block[..., Any]) -> inspect.Signature:
+    rename = dict(blk.renames)
+    bound = dict(blk.bound)
+    params = []
+    for param in inspect.signature(blk.fn).parameters.values():
+        name = rename.get(param.name, param.name)
+        if name not in bound:
+            params.append(param.replace(name=name))
+    return inspect.signature(blk.fn).replace(parameters=params)
+
+
+@overload
+def block(
+    fn: Callable[P, R], /, *, name: str | None = None, output: str | None = None, cache: bool = True
+) -> Block[P, R]: ...
+@overload
+def block(
+    *, name: str | None = None, output: str | None = None, cache: bool = True
+) -> Callable[[Callable[P, R]], Block[P, R]]: ...
+def block(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    output: str | None = None,
+    cache: bool = True,
+) -> Block[P, R] | Callable[[Callable[P, R]], Block[P, R]]:
+    """Make a function a block: inputs from its parameters, outputs from its return annotation.
+
+    Args:
+        fn: the function (when used as ``@block`` without parentheses).
+        name: the block's name; the function's ``__name__`` by default.
+        output: the name of the single value the function returns, for functions that do not
+            return a NamedTuple.
+        cache: whether a pipeline cache may serve this block's results; turn it off for blocks
+            with side effects or hidden randomness.
+
+    Example:
+        >>> @block(output="doubled")
+        ... def double(x: int) -> int:
+        ...     return 2 * x
+        >>> double(2), double.run(x=3)["doubled"]
+        (4, 6)
+    """
+    namespace = caller_namespace()  # captured here, for both the bare and the called form
+
+    def decorate(function: Callable[P, R]) -> Block[P, R]:
+        if isinstance(function, Block):
+            function = function.fn
+        label = name if name is not None else getattr(function, "__name__", repr(function))
+        _check_identifier(label, label)
+        spec = read_function(function, name=label, output=output, namespace=namespace)
+        return Block(function, name=label, spec=spec, output=output, cache=cache)
+
+    return decorate if fn is None else decorate(fn)

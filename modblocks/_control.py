@@ -1,0 +1,373 @@
+"""Control flow: `switch` (diffusers' AutoPipelineBlocks) and `loop` (the denoising loop)."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from ._node import PRODUCED, Interface, Node, _check_identifier
+from ._progress import open_bar
+from ._run import BLOCK, MISSING, Exec, Failure, OnStep, Run, Step, Values, format_path
+from ._sequential import unique_names
+from ._specs import NOTHING, InputSpec, OutputSpec
+from ._state import State
+from .exceptions import WiringError
+
+__all__ = ["Loop", "Switch", "loop", "switch"]
+
+@attrs.frozen(slots=False, eq=False, repr=False)
+class Switch(Node):
+    """Runs one of several branches, chosen at run time (diffusers' AutoPipelineBlocks).
+
+    Made by `switch`. Inputs are the union of the branches' inputs; one is required only when
+    every branch requires it and there is a default. Outputs are the union of the branches'.
+    """
+
+    branches: tuple[tuple[str, Node], ...]  # (label, node), in the order they are tried
+    triggers: tuple[str, ...] | None = None  # the input that selects each branch
+    select: Callable[..., str | None] | None = None
+    default: Node | None = None
+    name: str = "switch"
+    _iface: Interface = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_identifier(self.name, self.name)
+        nodes = [node for _, node in self.branches]
+        if self.default is not None:
+            nodes.append(self.default)
+        if not nodes:
+            msg = f"switch `{self.name}` needs at least one branch."
+            raise WiringError(msg, consumer=self.name)
+        self.__dict__["_iface"] = _switch_interface(self, nodes)
+        labels = [label for label, _ in self.branches]
+        self.__dict__["_labels"] = tuple(labels) + (
+            (unique_names([*labels, self.default.name])[-1],) if self.default is not None else ()
+        )
+
+    @property
+    def description(self) -> str:
+        if self.triggers is not None:
+            rules = [f"`{t}` given: `{label}`" for t, (label, _) in zip(self.triggers, self.branches, strict=True)]
+        else:
+            rules = [f"`{getattr(self.select, '__name__', 'select')}` returns {label!r}: `{label}`" for label, _ in self.branches]
+        if self.default is not None:
+            rules.append(f"otherwise: `{self.__dict__['_labels'][-1]}`")
+        else:
+            rules.append("otherwise: skipped")
+        return "Runs one branch: " + "; ".join(rules) + "."
+
+    def _children(self) -> tuple[tuple[str, Node], ...]:
+        labels: tuple[str, ...] = self.__dict__["_labels"]
+        nodes = [node for _, node in self.branches]
+        if self.default is not None:
+            nodes.append(self.default)
+        return tuple(zip(labels, nodes, strict=True))
+
+    def _choose(self, values: Mapping[str, Any]) -> int | None:
+        """Return the position of the branch to run (the default is last), or None."""
+        if self.triggers is not None:
+            for pos, trigger in enumerate(self.triggers):
+                if values.get(trigger) is not None:
+                    return pos
+        else:
+            assert self.select is not None  # noqa: S101 - one of the two is always set
+            params: tuple[tuple[str, Any], ...] = self.__dict__["_select_params"]
+            label = self.select(**{p: values.get(p, d) for p, d in params})
+            if label is not None:
+                for pos, (name, _) in enumerate(self.branches):
+                    if name == label:
+                        return pos
+                known = ", ".join(repr(name) for name, _ in self.branches)
+                msg = f"switch `{self.name}`: `select` returned {label!r}, which is not a branch ({known})."
+                raise ValueError(msg)
+        return len(self.branches) if self.default is not None else None
+
+    def resolve(self, **inputs: Any) -> Node | None:
+        """Return the node that would run with *inputs* (None when the switch is skipped)."""
+        return self._resolve(dict(inputs))
+
+    def _resolve(self, known: dict[str, Any]) -> Node | None:
+        pos = self._choose(known)
+        if pos is None:
+            return None
+        return self._children()[pos][1]._resolve(known)  # noqa: SLF001
+
+    def _compile(self) -> Exec:
+        table = [
+            (f"[{label}]", frozenset(node._iface.required), node._exec)  # noqa: SLF001
+            for label, node in self._children()
+        ]
+        choose = self._choose
+
+        def run_switch(values: Values, run: Run) -> None:
+            try:
+                pos = choose(values)
+            except Exception as exc:  # noqa: BLE001 - the select function failed
+                raise Failure(BLOCK, exc, block=f"{self.name}.select") from None
+            if pos is None:
+                return
+            segment, required, exec_ = table[pos]
+            if not required.issubset(values):
+                names = tuple(sorted(required.difference(values)))
+                why = f"switch `{self.name}` chose branch `{segment[1:-1]}`, which needs it"
+                raise Failure(MISSING, names=names, node=segment[1:-1], why=why).add(segment)
+            if run.slow:
+                run.path.append(segment)
+            try:
+                exec_(values, run)
+            except Failure as failure:
+                raise failure.add(segment) from None
+            finally:
+                if run.slow:
+                    run.path.pop()
+
+        return run_switch
+
+
+def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
+    ifaces = [node._iface for node in nodes]  # noqa: SLF001
+    inputs: dict[str, InputSpec] = {}
+    for iface in ifaces:
+        for spec in iface.inputs:
+            inputs.setdefault(spec.name, spec)
+    required = {
+        name
+        for name in inputs
+        if sw.default is not None and all(name in i.required for i in ifaces)
+    }
+    specs = {n: attrs.evolve(s, required=n in required) for n, s in inputs.items()}
+    extra: list[str] = list(sw.triggers or ())
+    if sw.select is not None:
+        params = []
+        for p in inspect.signature(sw.select).parameters.values():
+            default = None if p.default is inspect.Parameter.empty else p.default
+            params.append((p.name, default))
+        sw.__dict__["_select_params"] = tuple(params)
+        extra += [p for p, _ in params]
+    for name in extra:
+        if name not in specs:
+            specs[name] = InputSpec(name, default=None, description=f"selects a branch of `{sw.name}`")
+    outputs: dict[str, OutputSpec] = {}
+    bound: dict[str, None] = {}
+    for iface in ifaces:
+        for out in iface.outputs:
+            outputs.setdefault(out.name, out)
+        bound.update(dict.fromkeys(iface.bound))
+    everywhere = set.intersection(*(set(i.provides) - i.maybe for i in ifaces))
+    if sw.default is None:
+        everywhere = set()
+    maybe = frozenset(n for n in (*outputs, *bound) if n not in everywhere)
+    return Interface(tuple(specs.values()), tuple(outputs.values()), bound=tuple(bound), maybe=maybe)
+
+
+def switch(
+    branches: Mapping[str, Node],
+    /,
+    *,
+    select: Callable[..., str | None] | None = None,
+    default: Node | None = None,
+    name: str = "switch",
+) -> Switch:
+    """Choose a branch at run time, like diffusers' AutoPipelineBlocks.
+
+    With triggers, ``switch({"mask_image": inpaint, "image": img2img}, default=text2img)``
+    runs the first branch whose trigger value is present and not None (``0``, ``False`` and
+    empty values count as given), else *default*, else nothing. With ``select=fn``, the keys
+    of *branches* are branch names and ``fn`` — a plain function whose parameters are read from
+    the state (absent ones get their default, or None) — returns one of them, or None.
+
+    Args:
+        branches: trigger input (or branch name, with *select*) → node, in the order tried.
+        select: a function choosing the branch by name.
+        default: the node to run when no branch is chosen.
+        name: the switch's name in paths and docs.
+    """
+    items = tuple(branches.items())
+    for key, node in items:
+        if not isinstance(node, Node):
+            msg = f"switch `{name}`: branch {key!r} is {node!r}, not a node. Pass blocks or sequences."
+            raise WiringError(msg, name=key, consumer=name)
+    if select is not None:
+        return Switch(items, select=select, default=default, name=name)
+    labels = unique_names([node.name or "branch" for _, node in items])
+    return Switch(
+        tuple(zip(labels, (node for _, node in items), strict=True)),
+        triggers=tuple(key for key, _ in items),
+        default=default,
+        name=name,
+    )
+
+
+@attrs.frozen(slots=False, eq=False, repr=False)
+class Loop(Node):
+    """Runs a body once per element of a value (diffusers' LoopSequentialPipelineBlocks).
+
+    Made by `loop`. What the body outputs is carried into the next step and left in the state
+    after the loop; the step number and element (``index``, ``item``) are not.
+    """
+
+    body: Node
+    over: str
+    index: str | None = "i"
+    item: str | None = "t"
+    name: str = "loop"
+    progress: bool | Mapping[str, Any] | None = None
+    on_step: OnStep | None = attrs.field(default=None, repr=False)
+    _iface: Interface = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for label in (self.over, self.index, self.item, self.name):
+            if label is not None:
+                _check_identifier(label, self.name)
+        given = {self.index, self.item} - {None}
+        body = self.body._iface  # noqa: SLF001
+        clash = given & set(body.provides)
+        if clash or self.over in given:
+            msg = (
+                f"loop `{self.name}`: `{(clash or given).pop()}` is set by the loop each step, so "
+                "the body can't output it and it can't be `over`. Choose other names."
+            )
+            raise WiringError(msg, consumer=self.name)
+        over_spec = InputSpec(self.over, description="the values to loop over, one per step")
+        inputs = [over_spec] + [s for s in body.inputs if s.name not in given and s.name != self.over]
+        self.__dict__["_iface"] = Interface(
+            tuple(inputs), body.outputs, bound=body.bound, maybe=body.maybe
+        )
+
+    @property
+    def description(self) -> str:
+        named = [f"`{n}`" for n in (self.index, self.item) if n is not None]
+        gives = f", giving the body {' and '.join(named)}" if named else ""
+        body = f"`{self.body.name}`" if self.body._named else "the body"  # noqa: SLF001
+        return f"Runs {body} once per element of `{self.over}`{gives}."
+
+    def _children(self) -> tuple[tuple[str, Node], ...]:
+        if self.body._named:  # noqa: SLF001
+            return ((self.body.name, self.body),)
+        return self.body._children()  # noqa: SLF001 - an anonymous sequence shows its blocks
+
+    def _resolve(self, known: dict[str, Any]) -> Node | None:
+        body = self.body._resolve(dict(known))  # noqa: SLF001
+        known.update(dict.fromkeys(self._iface.provides, PRODUCED))
+        if body is None or body is self.body:
+            return self
+        return attrs.evolve(self, body=body)
+
+    def _compile(self) -> Exec:
+        return self._make_exec(0)
+
+    def _resume(self, start: str) -> Exec:
+        segment = start.split(">")[0].strip()  # `denoise[step 3] > unet` resumes at step 3
+        step = segment.partition("[step")[2].rstrip("] ")
+        if not step.strip().isdigit():
+            msg = f"loop `{self.name}` resumes at a step, like `{self.name}[step 3]`, not `{start}`."
+            raise WiringError(msg, name=start, consumer=self.name)
+        return self._make_exec(int(step))
+
+    def _make_exec(self, start: int) -> Exec:
+        body = self.body._exec  # noqa: SLF001
+        over, index, item, name = self.over, self.index, self.item, self.name
+        outs = tuple(self.body._iface.provides)  # noqa: SLF001
+        option, own = self.progress, self.on_step
+
+        def run_loop(values: Values, run: Run) -> None:
+            if over not in values:
+                raise Failure(MISSING, names=(over,), node=name)
+            items = values[over]
+            total = len(items)
+            callbacks = run.on_step if own is None else (own, *run.on_step)
+            bar = open_bar(total - start, name, option) if total > start else None
+            before = [(key, values.get(key, NOTHING)) for key in (index, item) if key is not None]
+            get = values.get
+            try:
+                for i, element in enumerate(itertools.islice(items, start, None), start):
+                    if index is not None:
+                        values[index] = i
+                    if item is not None:
+                        values[item] = element
+                    saved = [get(key, NOTHING) for key in outs]
+                    try:
+                        body(values, run)
+                    except Failure as failure:
+                        _restore(values, outs, saved)
+                        raise failure.add(f"[step {i}]") from None
+                    if bar is not None:
+                        bar.update(1)
+                    if (callbacks or run.sink is not None) and _after_step(
+                        values, run, callbacks, i, element, total, (index, item)
+                    ):
+                        break
+                    if run.cancel is not None:
+                        run.check_cancel()
+            finally:
+                if bar is not None:
+                    bar.close()
+                _restore(values, [k for k, _ in before], [v for _, v in before])
+
+        return run_loop
+
+
+def _restore(values: Values, keys: Any, saved: Any) -> None:
+    for key, old in zip(keys, saved, strict=True):
+        if old is NOTHING:
+            values.pop(key, None)
+        else:
+            values[key] = old
+
+
+def _after_step(
+    values: Values,
+    run: Run,
+    callbacks: tuple[OnStep, ...],
+    index: int,
+    element: Any,
+    total: int,
+    hidden: tuple[str | None, str | None],
+) -> bool:
+    """Call step callbacks and the stream; return whether the loop must stop."""
+    snapshot = {k: v for k, v in values.items() if k not in hidden}
+    step = Step(format_path(list(reversed(run.path))), index, element, total, State._adopt(snapshot))  # noqa: SLF001
+    for callback in callbacks:
+        try:
+            changes = callback(step)
+        except Exception as exc:  # noqa: BLE001 - reported as a failure of the callback
+            raise Failure(BLOCK, exc, block="on_step").add("on_step").add(f"[step {index}]") from None
+        if changes:
+            values.update(changes)
+            snapshot.update(changes)
+            step.state = State._adopt(dict(snapshot))  # noqa: SLF001 - later callbacks see changes
+    if run.sink is not None:
+        run.sink(step.state)
+    return step.stopped
+
+
+def loop(
+    body: Node,
+    *,
+    over: str,
+    index: str | None = "i",
+    item: str | None = "t",
+    name: str = "loop",
+    progress: bool | Mapping[str, Any] | None = None,
+    on_step: OnStep | None = None,
+) -> Loop:
+    """Run *body* once per element of the state value *over* (the denoising loop).
+
+    Args:
+        body: any node: a block, a sequence (with switches inside), another loop.
+        over: the name of the value to iterate over (e.g. ``"timesteps"``).
+        index: the name under which the body gets the step number (from 0); None for none.
+        item: the name under which the body gets the element; None for none.
+        name: the loop's name in paths (``denoise[step 12]``), docs and its progress bar.
+        progress: None follows `progress` (a bar for loops of ``min_steps`` or more), False
+            hides the bar, True shows it, a mapping passes options to tqdm.
+        on_step: called after every step of this loop (see `Step`), before run-wide callbacks.
+    """
+    if not isinstance(body, Node):
+        msg = f"loop `{name}`: the body is {body!r}, not a node. Pass a block or a sequence."
+        raise WiringError(msg, consumer=name)
+    return Loop(body, over, index, item, name, progress, on_step)

@@ -1,0 +1,78 @@
+"""Progress bars for loops: one global setting that reaches every loop, nested ones too."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+__all__ = ["Bar", "open_bar", "progress", "settings"]
+
+_lock = threading.Lock()
+_settings: dict[str, Any] = {"disable": None, "min_steps": 10, "leave": False}
+
+
+class Bar(Protocol):
+    """What a loop needs from a progress bar (tqdm has it)."""
+
+    def update(self, n: int = 1) -> object: ...
+    def close(self) -> None: ...
+
+
+def settings() -> dict[str, Any]:
+    """Return a copy of the current global progress settings."""
+    return dict(_settings)
+
+
+class progress(contextlib.ContextDecorator):  # noqa: N801 - a function-style entry point
+    """Configure the progress bars of every loop; usable as a call or a ``with`` block.
+
+    ``disable=True`` hides them, ``disable=None`` (the default) lets tqdm hide them where the
+    output is not a terminal (CI logs, pytest), ``min_steps`` is the shortest loop that gets a
+    bar, and every other keyword goes to `tqdm.tqdm` (``file=``, ``ncols=``, ``colour=`` ...).
+    Per-loop settings (``mb.loop(..., progress=...)``) take precedence.
+
+    Example:
+        >>> with progress(disable=True):
+        ...     settings()["disable"]
+        True
+        >>> settings()["disable"] is None
+        True
+    """
+
+    def __init__(self, **options: Any) -> None:
+        with _lock:
+            self._previous = dict(_settings)
+            _settings.update(options)
+
+    def __enter__(self) -> progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _lock:
+            _settings.clear()
+            _settings.update(self._previous)
+
+
+def open_bar(total: int, desc: str, option: bool | Mapping[str, Any] | None) -> Bar | None:
+    """Open a bar for a loop of *total* steps, or return None when none should show."""
+    if option is False:
+        return None
+    options = dict(_settings)
+    if isinstance(option, Mapping):
+        options.update(option)
+    min_steps = options.pop("min_steps")
+    if option is None and total < min_steps:
+        return None
+    if option is True:
+        options["disable"] = False
+    if options.get("disable"):
+        return None
+    try:
+        from tqdm.auto import tqdm  # noqa: PLC0415 - optional, and heavy to import
+    except ImportError:  # pragma: no cover - tqdm is a dependency, but keep running without it
+        return None
+    options.setdefault("desc", desc)
+    return tqdm(total=total, **options)  # type: ignore[no-any-return]
+

@@ -1,0 +1,203 @@
+"""How nodes show themselves: ``node.doc``, the tree ``repr`` and ``node.to_mermaid()``."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from ._specs import InputSpec, OutputSpec
+from ._typecheck import type_name
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+__all__ = ["render_doc", "render_markdown", "render_mermaid", "render_tree"]
+
+_INDENT = "    "
+
+
+def _kind_name(node: Node) -> str:
+    from ._block import Block  # noqa: PLC0415
+    from ._node import Adapted  # noqa: PLC0415
+
+    if isinstance(node, Adapted):
+        return _kind_name(node.node)
+    return "Block" if isinstance(node, Block) else type(node).__name__
+
+
+def _type(tp: Any) -> str:
+    return "Any" if tp is Any else type_name(tp)
+
+
+def _input_line(spec: InputSpec, note: str = "") -> str:
+    parts = [_type(spec.type)]
+    if spec.required:
+        parts.append("required")
+    elif spec.default is not inspect.Parameter.empty and repr(spec.default) != "NOTHING":
+        parts.append(f"default {spec.default!r}")
+    else:
+        parts.append("optional")
+    if note:
+        parts.append(note)
+    text = f"{spec.name} ({', '.join(parts)})"
+    return f"{text}: {spec.description}" if spec.description else text
+
+
+def _output_line(spec: OutputSpec, note: str = "") -> str:
+    text = f"{spec.name} ({_type(spec.type)}{', ' + note if note else ''})"
+    return f"{text}: {spec.description}" if spec.description else text
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    if not lines:
+        return []
+    return ["", f"{title}:", *(_INDENT + line for line in lines)]
+
+
+def _branch_notes(node: Node) -> tuple[dict[str, str], dict[str, str]]:
+    """For a switch: which branches require an input, and which produce an output."""
+    from ._control import Switch  # noqa: PLC0415
+
+    if not isinstance(node, Switch):
+        return {}, {}
+    children = node._children()  # noqa: SLF001
+    need: dict[str, list[str]] = {}
+    make: dict[str, list[str]] = {}
+    for label, child in children:
+        for name in child._iface.required:  # noqa: SLF001
+            need.setdefault(name, []).append(label)
+        for out in child.outputs:
+            make.setdefault(out.name, []).append(label)
+    required = {
+        n: "required by " + ", ".join(f"`{b}`" for b in labels)
+        for n, labels in need.items()
+        if n not in node._iface.required  # noqa: SLF001
+    }
+    made = {
+        n: "from " + ", ".join(f"`{b}`" for b in labels)
+        for n, labels in make.items()
+        if len(labels) < len(children)
+    }
+    return required, made
+
+
+def render_doc(node: Node) -> str:
+    """Render a node's documentation as plain text."""
+    from ._control import Switch  # noqa: PLC0415
+
+    head = f"{node._label} ({_kind_name(node)})"  # noqa: SLF001
+    lines = [head]
+    if node.description:
+        lines += ["", node.description]
+    subs = node._children()  # noqa: SLF001
+    if subs:
+        title = "Branches" if isinstance(node, Switch) else "Sub-blocks"
+        lines += _section(title, [f"{name} ({_kind_name(child)})" for name, child in subs])
+    lines += _section("Components", [_input_line(s) for s in node.components])
+    lines += _section("Configs", [_input_line(s) for s in node.configs])
+    needs, makes = _branch_notes(node)
+    ordered = sorted(node.inputs, key=lambda s: not s.required)
+    lines += _section("Inputs", [_input_line(s, needs.get(s.name, "")) for s in ordered])
+    lines += _section("Outputs", [_output_line(s, makes.get(s.name, "")) for s in node.outputs])
+    return "\n".join(lines)
+
+
+def render_tree(node: Node) -> str:
+    """Render the tree of sub-blocks with their descriptions (the ``repr`` of a node)."""
+    lines = [_tree_head(node._label, node)]  # noqa: SLF001
+    _tree(node, "", lines)
+    return "\n".join(lines)
+
+
+def _tree_head(name: str, node: Node) -> str:
+    from ._block import Block  # noqa: PLC0415
+
+    kind = _kind_name(node)
+    if isinstance(node, Block) or not node._children():  # noqa: SLF001
+        ins = ", ".join(s.name for s in node._iface.inputs)  # noqa: SLF001
+        outs = ", ".join(s.name for s in node.outputs)
+        text = f"{name}({ins}) -> ({outs})"
+    else:
+        text = f"{name} [{kind}]"
+    summary = node.description.split(". ")[0].rstrip(".")
+    return f"{text}: {summary}" if summary else text
+
+
+def _tree(node: Node, prefix: str, lines: list[str]) -> None:
+    children = node._children()  # noqa: SLF001
+    for pos, (name, child) in enumerate(children):
+        last = pos == len(children) - 1
+        lines.append(f"{prefix}{'└─ ' if last else '├─ '}{_tree_head(name, child)}")
+        _tree(child, prefix + ("   " if last else "│  "), lines)
+
+
+def render_markdown(node: Node) -> str:
+    """Render a node for Jupyter: its doc and its data-flow diagram."""
+    return f"```text\n{render_doc(node)}\n```\n\n```mermaid\n{render_mermaid(node)}\n```"
+
+
+def render_mermaid(node: Node) -> str:
+    """Draw the data flow of a node as a mermaid flowchart."""
+    drawing = _Drawing()
+    produced: dict[str, str] = {}
+    drawing.walk(node, node._label, produced)  # noqa: SLF001
+    for name in (s.name for s in node.outputs):
+        if name in produced and name not in drawing.consumed:
+            out_id = drawing.new_id("out")
+            drawing.lines.append(f'    {out_id}(["{name}"])')
+            drawing.lines.append(f"    {produced[name]} --> {out_id}")
+    return "\n".join(["flowchart LR", *drawing.lines])
+
+
+class _Drawing:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.counter = itertools.count()
+        self.inputs: dict[str, str] = {}
+        self.consumed: set[str] = set()
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self.counter)}"
+
+    def walk(self, node: Node, name: str, produced: dict[str, str]) -> None:
+        from ._control import Loop, Switch  # noqa: PLC0415
+
+        children = node._children()  # noqa: SLF001
+        if not children:
+            self.leaf(node, name, produced)
+            return
+        sub = self.new_id("sg")
+        label = f"{name} ({_kind_name(node)})"
+        if isinstance(node, Loop):
+            label = f"{name}: for each {node.over}"
+        self.lines.append(f'    subgraph {sub}["{label}"]')
+        if isinstance(node, Switch):
+            merged: dict[str, str] = {}
+            for child_name, child in children:
+                branch = dict(produced)
+                self.walk(child, child_name, branch)
+                merged.update({k: v for k, v in branch.items() if produced.get(k) != v})
+            produced.update(merged)
+        else:
+            for child_name, child in children:
+                self.walk(child, child_name, produced)
+        self.lines.append("    end")
+
+    def leaf(self, node: Node, name: str, produced: dict[str, str]) -> None:
+        block_id = self.new_id("b")
+        self.lines.append(f'    {block_id}["{name}"]')
+        for spec in node._iface.inputs:  # noqa: SLF001
+            if spec.kind != "input":
+                continue
+            if spec.name in produced:
+                self.lines.append(f"    {produced[spec.name]} -->|{spec.name}| {block_id}")
+                self.consumed.add(spec.name)
+            else:
+                if spec.name not in self.inputs:
+                    self.inputs[spec.name] = self.new_id("in")
+                    self.lines.append(f'    {self.inputs[spec.name]}(["{spec.name}"])')
+                self.lines.append(f"    {self.inputs[spec.name]} --> {block_id}")
+        for out in node.outputs:
+            produced[out.name] = block_id
+            self.consumed.discard(out.name)

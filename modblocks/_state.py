@@ -1,0 +1,127 @@
+"""`State`: the frozen mapping of values that a run threads through its blocks."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, KeysView, Mapping
+from typing import Any, overload
+
+import attrs
+
+__all__ = ["State", "summarize"]
+
+_MAX_REPR = 60
+
+
+def summarize(value: Any) -> str:
+    """Describe a value in a line: tensors by shape and dtype, long values by type.
+
+    Example:
+        >>> summarize(3), summarize("x" * 100)
+        ('3', 'str(len=100)')
+    """
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        device = getattr(value, "device", None)
+        where = f", device={device}" if device is not None and str(device) != "cpu" else ""
+        return f"{type(value).__name__}(shape={tuple(shape)}, dtype={dtype}{where})"
+    if isinstance(value, (list, tuple)) and value and len(repr(value)) > _MAX_REPR:
+        inner = summarize(value[0])
+        return f"{type(value).__name__}[{inner}, ...](len={len(value)})"
+    text = repr(value)
+    if len(text) <= _MAX_REPR:
+        return text
+    try:
+        return f"{type(value).__name__}(len={len(value)})"
+    except TypeError:
+        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+@attrs.frozen(eq=False, repr=False, init=False)
+class State(Mapping[str, Any]):
+    """An immutable mapping of named values, copied forward by each block of a run.
+
+    ``state["x"]`` and ``state.x`` read a value (``state["keys"]`` for names that collide with
+    methods); `evolve` returns a new state. Values are shared between states, never copied.
+
+    Example:
+        >>> s = State({"prompt": "a cat"}, steps=2)
+        >>> s.steps, s.evolve(steps=3).steps, s.steps
+        (2, 3, 2)
+    """
+
+    _values: dict[str, Any]
+
+    def __init__(self, mapping: Mapping[str, Any] | None = None, /, **values: Any) -> None:
+        data = dict(mapping) if mapping is not None else {}
+        data.update(values)
+        object.__setattr__(self, "_values", data)
+
+    @classmethod
+    def _adopt(cls, values: dict[str, Any]) -> State:
+        """Wrap a dict that nobody else will mutate, without copying it."""
+        state = cls.__new__(cls)
+        object.__setattr__(state, "_values", values)
+        return state
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> KeysView[str]:
+        """The names of the values, inputs first, then outputs in order of production."""
+        return self._values.keys()
+
+    @overload
+    def get(self, name: str, /) -> Any: ...
+    @overload
+    def get(self, name: str, default: Any, /) -> Any: ...
+    def get(self, name: str, default: Any = None, /) -> Any:
+        """Return the value called *name*, or *default* when there is none."""
+        return self._values.get(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_values":
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            pass
+        close = difflib.get_close_matches(name, list(self._values), n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        msg = f"the state has no value `{name}`.{hint}"
+        raise AttributeError(msg, name=name, obj=self) from None
+
+    def evolve(self, mapping: Mapping[str, Any] | None = None, /, **changes: Any) -> State:
+        """Return a new state with *changes* applied; this one is left as it is."""
+        values = {**self._values}
+        if mapping is not None:
+            values.update(mapping)
+        values.update(changes)
+        return State._adopt(values)
+
+    def __repr__(self) -> str:
+        if not self._values:
+            return "State()"
+        items = ",\n".join(f"    {k}={summarize(v)}" for k, v in self._values.items())
+        return f"State(\n{items},\n)"
+
+    def _repr_markdown_(self) -> str:
+        rows = "\n".join(f"| `{k}` | {_cell(summarize(v))} |" for k, v in self._values.items())
+        return f"| value | summary |\n|---|---|\n{rows}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (State, (self._values,))

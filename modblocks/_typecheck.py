@@ -1,0 +1,97 @@
+"""Is a produced value's annotation compatible with a consumer's? Checked when composing.
+
+The check is deliberately forgiving: it catches the mistakes a reader would call wrong
+(`str` into `torch.Tensor`) and lets through whatever it can't decide (`Any`, type
+variables, unresolved names, protocols, type arguments).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import sys
+import types
+import typing
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+__all__ = ["is_compatible", "type_name"]
+
+_NONE = type(None)
+# PEP 484's numeric tower: an int is acceptable where a float is, both where a complex is.
+_PROMOTIONS: dict[type, tuple[type, ...]] = {float: (int,), complex: (int, float)}
+
+
+def _strip(tp: Any) -> Any:
+    while True:
+        if tp is None:
+            return _NONE
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif hasattr(tp, "__supertype__"):  # typing.NewType
+            tp = tp.__supertype__
+        else:
+            return tp
+
+
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def _undecidable(tp: Any) -> bool:
+    return (
+        tp is Any
+        or isinstance(tp, (str, typing.ForwardRef, typing.TypeVar, typing.ParamSpec))
+        or tp is typing.Self
+    )
+
+
+def is_compatible(produced: Any, expected: Any) -> bool:
+    """Return whether a value annotated *produced* may feed an input annotated *expected*.
+
+    Example:
+        >>> is_compatible(int, float), is_compatible(str, int | None), is_compatible(list[int], list)
+        (True, False, True)
+    """
+    produced, expected = _strip(produced), _strip(expected)
+    if _undecidable(produced) or _undecidable(expected):
+        return True
+    if _is_union(produced):
+        return all(is_compatible(arg, expected) for arg in get_args(produced))
+    if _is_union(expected):
+        return any(is_compatible(produced, arg) for arg in get_args(expected))
+    if get_origin(expected) is Literal:
+        return True
+    if get_origin(produced) is Literal:
+        return all(is_compatible(type(arg), expected) for arg in get_args(produced))
+    produced_cls = get_origin(produced) or produced
+    expected_cls = get_origin(expected) or expected
+    if expected_cls is object:
+        return True
+    if not isinstance(produced_cls, type) or not isinstance(expected_cls, type):
+        return True
+    if produced_cls in _PROMOTIONS.get(expected_cls, ()):
+        return True
+    try:
+        return issubclass(produced_cls, expected_cls)
+    except TypeError:  # non-runtime protocols and other classes issubclass can't decide
+        return True
+
+
+def type_name(tp: Any) -> str:
+    """Spell an annotation the way a user wrote it: ``torch.Tensor``, ``list[int] | None``.
+
+    Example:
+        >>> type_name(int), type_name(collections.abc.Sequence), type_name(list[int] | None)
+        ('int', 'collections.abc.Sequence', 'list[int] | None')
+    """
+    if tp is None or tp is _NONE:
+        return "None"
+    if isinstance(tp, type) and not get_args(tp):
+        if tp.__module__ == "builtins":
+            return tp.__qualname__
+        module = tp.__module__
+        top = module.partition(".")[0]
+        # Prefer the public spelling: torch.Tensor, diffusers.UNet2DModel.
+        if getattr(sys.modules.get(top), tp.__qualname__, None) is tp:
+            module = top
+        return f"{module}.{tp.__qualname__}"
+    return repr(tp).replace("typing.", "")

@@ -1,0 +1,66 @@
+"""Image inputs: the output size, and images and masks as tensors."""
+
+from __future__ import annotations
+
+from typing import Annotated, NamedTuple
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.image_processor import PipelineImageInput
+from typing_extensions import Doc
+
+import modblocks as mb
+
+from .vae import image_processor, vae_scale_factor
+
+__all__ = ["Size", "default_size", "preprocess_image", "preprocess_mask"]
+
+
+class Size(NamedTuple):
+    """The size of the generated images, in pixels."""
+
+    height: Annotated[int, Doc("image height in pixels")]
+    width: Annotated[int, Doc("image width in pixels")]
+
+
+@mb.block
+def default_size(
+    unet: mb.Component[UNet2DConditionModel],
+    vae: mb.Component[AutoencoderKL],
+    height: Annotated[int | None, Doc("image height in pixels; the UNet's size if not given")] = None,
+    width: Annotated[int | None, Doc("image width in pixels; the UNet's size if not given")] = None,
+) -> Size:
+    """Default the image size to the UNet's sample size, and check that latents can tile it."""
+    factor = vae_scale_factor(vae)
+    sample_size: int | tuple[int, int] = unet.config.sample_size
+    default = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+    height = height or default[0] * factor
+    width = width or default[1] * factor
+    if height % factor or width % factor:
+        msg = f"`height` and `width` must be multiples of {factor}, but are {height} and {width}."
+        raise ValueError(msg)
+    return Size(height, width)
+
+
+@mb.block(output="init_image")
+def preprocess_image(
+    image: Annotated[PipelineImageInput, Doc("the image(s) to start from: PIL, NumPy or torch")],
+    vae: mb.Component[AutoencoderKL],
+    height: Annotated[int | None, Doc("resize to this height; the image's own if not given")] = None,
+    width: Annotated[int | None, Doc("resize to this width; the image's own if not given")] = None,
+) -> torch.Tensor:
+    """Convert the image(s) to a float32 tensor in [-1, 1], resized to a multiple of the VAE's scale."""
+    processed = image_processor(vae_scale_factor(vae)).preprocess(image, height=height, width=width)
+    return processed.to(dtype=torch.float32)
+
+
+@mb.block(output="mask_condition")
+def preprocess_mask(
+    mask_image: Annotated[PipelineImageInput, Doc("where to paint: white (1) repaints, black keeps")],
+    vae: mb.Component[AutoencoderKL],
+    height: Annotated[int, Doc("image height in pixels")],
+    width: Annotated[int, Doc("image width in pixels")],
+) -> torch.Tensor:
+    """Convert the mask(s) to a binary `(batch, 1, height, width)` tensor."""
+    processor = image_processor(vae_scale_factor(vae), mask=True)
+    return processor.preprocess(mask_image, height=height, width=width)
