@@ -10,9 +10,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 import attrs
 
 from ._node import Interface, Node, _check_identifier
-from ._run import MISSING, OUTPUT, Exec, Failure, Run, Values
+from ._run import MISSING, OUTPUT, Exec, Failure, Values
 from ._signature import FunctionSpec, caller_namespace, read_function
-from ._specs import NOTHING
 from ._typecheck import type_name
 from .exceptions import WiringError
 
@@ -81,7 +80,8 @@ class Block(Node, Generic[P, R]):
         bound_args = self.__dict__["__signature__"].bind(*args, **kwargs)
         given = {**dict(self.bound), **bound_args.arguments}
         param = {new: old for old, new in self.renames}
-        return self.fn(**{param.get(k, k): v for k, v in given.items()})  # type: ignore[arg-type]
+        call: Callable[..., R] = self.fn
+        return call(**{param.get(k, k): v for k, v in given.items()})
 
     def __get__(self, obj: object, objtype: type | None = None) -> Block[P, R]:
         # A block stored on a class stays a block (functions would become bound methods).
@@ -178,8 +178,8 @@ class Block(Node, Generic[P, R]):
             expected = "is annotated `-> None`"
             fix = "Return nothing, or declare the outputs with a NamedTuple."
         else:
-            assert declared is not None  # noqa: S101 - `output=` blocks accept any result
-            fields = ", ".join(declared._fields)  # type: ignore[attr-defined]
+            assert declared is not None
+            fields = ", ".join(getattr(declared, "_fields", ()))
             expected = f"declares `{type_name(declared)}` (fields {fields})"
             fix = f"Return `{declared.__name__}(...)`."
         msg = (
@@ -222,17 +222,16 @@ def _lookup(module: str, qualname: str) -> Any:
 
 def _rebuild(module: str, qualname: str, options: tuple[Any, ...]) -> Block[..., Any]:
     name, output, cache, renames, bound = options
-    fn = _lookup(module, qualname)
-    if isinstance(fn, Block):
-        fn = fn.fn
-    base = block(fn, name=name, output=output, cache=cache)
+    found: Any = _lookup(module, qualname)
+    fn: Callable[..., Any] = found.fn if isinstance(found, Block) else found
+    base: Block[..., Any] = block(fn, name=name, output=output, cache=cache)
     return attrs.evolve(base, renames=renames, bound=bound)
 
 
 def _adapted_signature(blk: Block[..., Any]) -> inspect.Signature:
     rename = dict(blk.renames)
     bound = dict(blk.bound)
-    params = []
+    params: list[inspect.Parameter] = []
     for param in inspect.signature(blk.fn).parameters.values():
         name = rename.get(param.name, param.name)
         if name not in bound:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import attrs
 
@@ -18,6 +18,7 @@ from ._state import State
 from .exceptions import WiringError
 
 __all__ = ["Loop", "Switch", "loop", "switch"]
+
 
 @attrs.frozen(slots=False, eq=False, repr=False)
 class Switch(Node):
@@ -51,9 +52,15 @@ class Switch(Node):
     @property
     def description(self) -> str:
         if self.triggers is not None:
-            rules = [f"`{t}` given: `{label}`" for t, (label, _) in zip(self.triggers, self.branches, strict=True)]
+            rules = [
+                f"`{t}` given: `{label}`"
+                for t, (label, _) in zip(self.triggers, self.branches, strict=True)
+            ]
         else:
-            rules = [f"`{getattr(self.select, '__name__', 'select')}` returns {label!r}: `{label}`" for label, _ in self.branches]
+            rules = [
+                f"`{getattr(self.select, '__name__', 'select')}` returns {label!r}: `{label}`"
+                for label, _ in self.branches
+            ]
         if self.default is not None:
             rules.append(f"otherwise: `{self.__dict__['_labels'][-1]}`")
         else:
@@ -74,7 +81,7 @@ class Switch(Node):
                 if values.get(trigger) is not None:
                     return pos
         else:
-            assert self.select is not None  # noqa: S101 - one of the two is always set
+            assert self.select is not None
             params: tuple[tuple[str, Any], ...] = self.__dict__["_select_params"]
             label = self.select(**{p: values.get(p, d) for p, d in params})
             if label is not None:
@@ -82,7 +89,10 @@ class Switch(Node):
                     if name == label:
                         return pos
                 known = ", ".join(repr(name) for name, _ in self.branches)
-                msg = f"switch `{self.name}`: `select` returned {label!r}, which is not a branch ({known})."
+                msg = (
+                    f"switch `{self.name}`: `select` returned {label!r}, which is not a branch "
+                    f"({known})."
+                )
                 raise ValueError(msg)
         return len(self.branches) if self.default is not None else None
 
@@ -94,11 +104,11 @@ class Switch(Node):
         pos = self._choose(known)
         if pos is None:
             return None
-        return self._children()[pos][1]._resolve(known)  # noqa: SLF001
+        return self._children()[pos][1]._resolve(known)
 
     def _compile(self) -> Exec:
         table = [
-            (f"[{label}]", frozenset(node._iface.required), node._exec)  # noqa: SLF001
+            (f"[{label}]", frozenset(node._iface.required), node._exec)
             for label, node in self._children()
         ]
         choose = self._choose
@@ -129,7 +139,7 @@ class Switch(Node):
 
 
 def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
-    ifaces = [node._iface for node in nodes]  # noqa: SLF001
+    ifaces = [node._iface for node in nodes]
     inputs: dict[str, InputSpec] = {}
     for iface in ifaces:
         for spec in iface.inputs:
@@ -142,7 +152,7 @@ def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
     specs = {n: attrs.evolve(s, required=n in required) for n, s in inputs.items()}
     extra: list[str] = list(sw.triggers or ())
     if sw.select is not None:
-        params = []
+        params: list[tuple[str, Any]] = []
         for p in inspect.signature(sw.select).parameters.values():
             default = None if p.default is inspect.Parameter.empty else p.default
             params.append((p.name, default))
@@ -150,18 +160,23 @@ def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
         extra += [p for p, _ in params]
     for name in extra:
         if name not in specs:
-            specs[name] = InputSpec(name, default=None, description=f"selects a branch of `{sw.name}`")
+            specs[name] = InputSpec(
+                name, default=None, description=f"selects a branch of `{sw.name}`"
+            )
     outputs: dict[str, OutputSpec] = {}
     bound: dict[str, None] = {}
     for iface in ifaces:
         for out in iface.outputs:
             outputs.setdefault(out.name, out)
         bound.update(dict.fromkeys(iface.bound))
-    everywhere = set.intersection(*(set(i.provides) - i.maybe for i in ifaces))
-    if sw.default is None:
-        everywhere = set()
+    everywhere: set[str] = set()
+    if sw.default is not None:
+        sets = [set(i.provides) - i.maybe for i in ifaces]
+        everywhere = sets[0].intersection(*sets[1:])
     maybe = frozenset(n for n in (*outputs, *bound) if n not in everywhere)
-    return Interface(tuple(specs.values()), tuple(outputs.values()), bound=tuple(bound), maybe=maybe)
+    return Interface(
+        tuple(specs.values()), tuple(outputs.values()), bound=tuple(bound), maybe=maybe
+    )
 
 
 def switch(
@@ -188,8 +203,8 @@ def switch(
     """
     items = tuple(branches.items())
     for key, node in items:
-        if not isinstance(node, Node):
-            msg = f"switch `{name}`: branch {key!r} is {node!r}, not a node. Pass blocks or sequences."
+        if not isinstance(cast("object", node), Node):
+            msg = f"switch `{name}`: branch {key!r} is {node!r}, not a node. Pass a block."
             raise WiringError(msg, name=key, consumer=name)
     if select is not None:
         return Switch(items, select=select, default=default, name=name)
@@ -224,7 +239,7 @@ class Loop(Node):
             if label is not None:
                 _check_identifier(label, self.name)
         given = {self.index, self.item} - {None}
-        body = self.body._iface  # noqa: SLF001
+        body = self.body._iface
         clash = given & set(body.provides)
         if clash or self.over in given:
             msg = (
@@ -233,7 +248,9 @@ class Loop(Node):
             )
             raise WiringError(msg, consumer=self.name)
         over_spec = InputSpec(self.over, description="the values to loop over, one per step")
-        inputs = [over_spec] + [s for s in body.inputs if s.name not in given and s.name != self.over]
+        inputs = [over_spec] + [
+            s for s in body.inputs if s.name not in given and s.name != self.over
+        ]
         self.__dict__["_iface"] = Interface(
             tuple(inputs), body.outputs, bound=body.bound, maybe=body.maybe
         )
@@ -242,16 +259,16 @@ class Loop(Node):
     def description(self) -> str:
         named = [f"`{n}`" for n in (self.index, self.item) if n is not None]
         gives = f", giving the body {' and '.join(named)}" if named else ""
-        body = f"`{self.body.name}`" if self.body._named else "the body"  # noqa: SLF001
+        body = f"`{self.body.name}`" if self.body._named else "the body"
         return f"Runs {body} once per element of `{self.over}`{gives}."
 
     def _children(self) -> tuple[tuple[str, Node], ...]:
-        if self.body._named:  # noqa: SLF001
+        if self.body._named:
             return ((self.body.name, self.body),)
-        return self.body._children()  # noqa: SLF001 - an anonymous sequence shows its blocks
+        return self.body._children()
 
     def _resolve(self, known: dict[str, Any]) -> Node | None:
-        body = self.body._resolve(dict(known))  # noqa: SLF001
+        body = self.body._resolve(dict(known))
         known.update(dict.fromkeys(self._iface.provides, PRODUCED))
         if body is None or body is self.body:
             return self
@@ -261,30 +278,34 @@ class Loop(Node):
         return self._make_exec(0)
 
     def _resume(self, start: str) -> Exec:
-        segment = start.split(">")[0].strip()  # `denoise[step 3] > unet` resumes at step 3
+        # `denoise[step 3] > unet` resumes at step 3 (the body then starts from its beginning).
+        segment = start.split(">", maxsplit=1)[0].strip()
         step = segment.partition("[step")[2].rstrip("] ")
         if not step.strip().isdigit():
-            msg = f"loop `{self.name}` resumes at a step, like `{self.name}[step 3]`, not `{start}`."
+            msg = (
+                f"loop `{self.name}` resumes at a step, like `{self.name}[step 3]`, not `{start}`."
+            )
             raise WiringError(msg, name=start, consumer=self.name)
         return self._make_exec(int(step))
 
     def _make_exec(self, start: int) -> Exec:
-        body = self.body._exec  # noqa: SLF001
+        body = self.body._exec
         over, index, item, name = self.over, self.index, self.item, self.name
-        outs = tuple(self.body._iface.provides)  # noqa: SLF001
+        outs = tuple(self.body._iface.provides)
         option, own = self.progress, self.on_step
 
         def run_loop(values: Values, run: Run) -> None:
             if over not in values:
                 raise Failure(MISSING, names=(over,), node=name)
-            items = values[over]
+            items: Any = values[over]
             total = len(items)
             callbacks = run.on_step if own is None else (own, *run.on_step)
             bar = open_bar(total - start, name, option) if total > start else None
             before = [(key, values.get(key, NOTHING)) for key in (index, item) if key is not None]
             get = values.get
+            steps: Iterator[Any] = itertools.islice(items, start, None)
             try:
-                for i, element in enumerate(itertools.islice(items, start, None), start):
+                for i, element in enumerate(steps, start):
                     if index is not None:
                         values[index] = i
                     if item is not None:
@@ -330,16 +351,20 @@ def _after_step(
 ) -> bool:
     """Call step callbacks and the stream; return whether the loop must stop."""
     snapshot = {k: v for k, v in values.items() if k not in hidden}
-    step = Step(format_path(list(reversed(run.path))), index, element, total, State._adopt(snapshot))  # noqa: SLF001
+    step = Step(
+        format_path(list(reversed(run.path))), index, element, total, State._adopt(snapshot)
+    )
     for callback in callbacks:
         try:
             changes = callback(step)
         except Exception as exc:  # noqa: BLE001 - reported as a failure of the callback
-            raise Failure(BLOCK, exc, block="on_step").add("on_step").add(f"[step {index}]") from None
+            raise (
+                Failure(BLOCK, exc, block="on_step").add("on_step").add(f"[step {index}]")
+            ) from None
         if changes:
             values.update(changes)
             snapshot.update(changes)
-            step.state = State._adopt(dict(snapshot))  # noqa: SLF001 - later callbacks see changes
+            step.state = State._adopt(dict(snapshot))
     if run.sink is not None:
         run.sink(step.state)
     return step.stopped
@@ -367,7 +392,7 @@ def loop(
             hides the bar, True shows it, a mapping passes options to tqdm.
         on_step: called after every step of this loop (see `Step`), before run-wide callbacks.
     """
-    if not isinstance(body, Node):
+    if not isinstance(cast("object", body), Node):
         msg = f"loop `{name}`: the body is {body!r}, not a node. Pass a block or a sequence."
         raise WiringError(msg, consumer=name)
     return Loop(body, over, index, item, name, progress, on_step)

@@ -63,7 +63,7 @@ def _google(lines: list[str]) -> dict[str, str]:
             item_indent = indent
         match = _GOOGLE_ITEM.match(stripped)
         if indent == item_indent and match:
-            current = match.group(1)
+            current = str(match.group(1))
             params[current] = match.group(2).strip()
         elif current is not None:
             params[current] = f"{params[current]} {stripped}".strip()
@@ -88,7 +88,7 @@ def _numpy(lines: list[str]) -> dict[str, str]:
         match = _NUMPY_ITEM.match(stripped)
         underlined = pos + 1 < len(body) and set(body[pos + 1].strip()) == {"-"}
         if indent == base and match and not underlined:
-            current = match.group(1)
+            current = str(match.group(1))
             params[current] = ""
         elif indent == base:
             break  # another section header

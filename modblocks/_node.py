@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
@@ -42,9 +41,7 @@ class Interface:
     accepted: frozenset[str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(
-            self, "required", frozenset(s.name for s in self.inputs if s.required)
-        )
+        object.__setattr__(self, "required", frozenset(s.name for s in self.inputs if s.required))
         object.__setattr__(self, "accepted", frozenset(s.name for s in self.inputs))
 
     @property
@@ -117,9 +114,9 @@ class Node:
     # -- composing -----------------------------------------------------------------------
 
     def __rshift__(self, other: Node) -> Sequential:
-        from ._sequential import Sequential  # noqa: PLC0415 - the modules refer to each other
+        from ._sequential import Sequential
 
-        if not isinstance(other, Node):
+        if not isinstance(cast("object", other), Node):
             return NotImplemented
         return Sequential((self, other))
 
@@ -210,7 +207,7 @@ class Node:
         The run advances only when the next state is asked for, so a server or UI can show
         previews and interleave requests; closing the iterator cancels the run.
         """
-        from ._stream import stream  # noqa: PLC0415 - threads are only needed here
+        from ._stream import stream
 
         return stream(self, state, inputs)
 
@@ -219,13 +216,13 @@ class Node:
     @property
     def doc(self) -> str:
         """The node's documentation: description, components, configs, inputs, outputs."""
-        from ._render import render_doc  # noqa: PLC0415
+        from ._render import render_doc
 
         return render_doc(self)
 
     def to_mermaid(self) -> str:
         """Draw the data flow (blocks and the values between them) as a mermaid flowchart."""
-        from ._render import render_mermaid  # noqa: PLC0415
+        from ._render import render_mermaid
 
         return render_mermaid(self)
 
@@ -234,18 +231,18 @@ class Node:
         return ()
 
     def __repr__(self) -> str:
-        from ._render import render_tree  # noqa: PLC0415
+        from ._render import render_tree
 
         return render_tree(self)
 
     def _repr_markdown_(self) -> str:
-        from ._render import render_markdown  # noqa: PLC0415
+        from ._render import render_markdown
 
         return render_markdown(self)
 
 
 def _check_identifier(name: str, node: str) -> None:
-    if not isinstance(name, str) or not name.isidentifier():
+    if not isinstance(cast("object", name), str) or not name.isidentifier():
         msg = f"`{node}`: {name!r} is not a valid name. Use a Python identifier."
         raise WiringError(msg, name=str(name), consumer=node)
 
@@ -271,11 +268,11 @@ class Adapted(Node):
                 inputs.setdefault(name, attrs.evolve(spec, name=name))
         outputs = [attrs.evolve(s, name=outer.get(s.name, s.name)) for s in inner.outputs]
         seen: set[str] = set()
-        for spec in outputs:
-            if spec.name in seen:
-                msg = f"renaming `{self.node.name}` gives two outputs the name `{spec.name}`."
-                raise WiringError(msg, name=spec.name, producer=self.node.name)
-            seen.add(spec.name)
+        for out in outputs:
+            if out.name in seen:
+                msg = f"renaming `{self.node.name}` gives two outputs the name `{out.name}`."
+                raise WiringError(msg, name=out.name, producer=self.node.name)
+            seen.add(out.name)
         iface = Interface(
             tuple(inputs.values()),
             tuple(outputs),
@@ -290,7 +287,7 @@ class Adapted(Node):
 
     @property
     def _named(self) -> bool:
-        return self.node._named  # noqa: SLF001
+        return self.node._named
 
     def named(self, name: str) -> Node:
         _check_identifier(name, self.name)
@@ -309,13 +306,18 @@ class Adapted(Node):
 
     def bind(self, **values: Any) -> Node:
         self._check_names(values, "bind", outputs=False)
-        return Adapted(self.node, name=self.name, renames=self.renames, bound=self.bound + tuple(values.items()))
+        return Adapted(
+            self.node,
+            name=self.name,
+            renames=self.renames,
+            bound=self.bound + tuple(values.items()),
+        )
 
     def _children(self) -> tuple[tuple[str, Node], ...]:
-        return self.node._children()  # noqa: SLF001
+        return self.node._children()
 
     def _compile(self) -> Exec:
-        inner_exec = self.node._exec  # noqa: SLF001
+        inner_exec = self.node._exec
         bound = self.bound
         if not self.renames:
 
@@ -325,8 +327,8 @@ class Adapted(Node):
 
             return run_bound
         outer = dict(self.renames)
-        reads = tuple((s.name, outer.get(s.name, s.name)) for s in self.node._iface.inputs)  # noqa: SLF001
-        writes = tuple((n, outer.get(n, n)) for n in self.node._iface.provides)  # noqa: SLF001
+        reads = tuple((s.name, outer.get(s.name, s.name)) for s in self.node._iface.inputs)
+        writes = tuple((n, outer.get(n, n)) for n in self.node._iface.provides)
 
         def run_renamed(values: Values, run: Run) -> None:
             # The inner node runs on its own dict holding just its inputs under inner names,

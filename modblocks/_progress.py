@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 __all__ = ["Bar", "open_bar", "progress", "settings"]
 
@@ -46,7 +46,7 @@ class progress(contextlib.ContextDecorator):  # noqa: N801 - a function-style en
             self._previous = dict(_settings)
             _settings.update(options)
 
-    def __enter__(self) -> progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -70,9 +70,8 @@ def open_bar(total: int, desc: str, option: bool | Mapping[str, Any] | None) -> 
     if options.get("disable"):
         return None
     try:
-        from tqdm.auto import tqdm  # noqa: PLC0415 - optional, and heavy to import
+        from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency, but keep running without it
         return None
     options.setdefault("desc", desc)
     return tqdm(total=total, **options)  # type: ignore[no-any-return]
-

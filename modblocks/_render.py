@@ -18,8 +18,8 @@ _INDENT = "    "
 
 
 def _kind_name(node: Node) -> str:
-    from ._block import Block  # noqa: PLC0415
-    from ._node import Adapted  # noqa: PLC0415
+    from ._block import Block
+    from ._node import Adapted
 
     if isinstance(node, Adapted):
         return _kind_name(node.node)
@@ -57,22 +57,22 @@ def _section(title: str, lines: list[str]) -> list[str]:
 
 def _branch_notes(node: Node) -> tuple[dict[str, str], dict[str, str]]:
     """For a switch: which branches require an input, and which produce an output."""
-    from ._control import Switch  # noqa: PLC0415
+    from ._control import Switch
 
     if not isinstance(node, Switch):
         return {}, {}
-    children = node._children()  # noqa: SLF001
+    children = node._children()
     need: dict[str, list[str]] = {}
     make: dict[str, list[str]] = {}
     for label, child in children:
-        for name in child._iface.required:  # noqa: SLF001
+        for name in child._iface.required:
             need.setdefault(name, []).append(label)
         for out in child.outputs:
             make.setdefault(out.name, []).append(label)
     required = {
         n: "required by " + ", ".join(f"`{b}`" for b in labels)
         for n, labels in need.items()
-        if n not in node._iface.required  # noqa: SLF001
+        if n not in node._iface.required
     }
     made = {
         n: "from " + ", ".join(f"`{b}`" for b in labels)
@@ -84,13 +84,13 @@ def _branch_notes(node: Node) -> tuple[dict[str, str], dict[str, str]]:
 
 def render_doc(node: Node) -> str:
     """Render a node's documentation as plain text."""
-    from ._control import Switch  # noqa: PLC0415
+    from ._control import Switch
 
-    head = f"{node._label} ({_kind_name(node)})"  # noqa: SLF001
+    head = f"{node._label} ({_kind_name(node)})"
     lines = [head]
     if node.description:
         lines += ["", node.description]
-    subs = node._children()  # noqa: SLF001
+    subs = node._children()
     if subs:
         title = "Branches" if isinstance(node, Switch) else "Sub-blocks"
         lines += _section(title, [f"{name} ({_kind_name(child)})" for name, child in subs])
@@ -105,17 +105,17 @@ def render_doc(node: Node) -> str:
 
 def render_tree(node: Node) -> str:
     """Render the tree of sub-blocks with their descriptions (the ``repr`` of a node)."""
-    lines = [_tree_head(node._label, node)]  # noqa: SLF001
+    lines = [_tree_head(node._label, node)]
     _tree(node, "", lines)
     return "\n".join(lines)
 
 
 def _tree_head(name: str, node: Node) -> str:
-    from ._block import Block  # noqa: PLC0415
+    from ._block import Block
 
     kind = _kind_name(node)
-    if isinstance(node, Block) or not node._children():  # noqa: SLF001
-        ins = ", ".join(s.name for s in node._iface.inputs)  # noqa: SLF001
+    if isinstance(node, Block) or not node._children():
+        ins = ", ".join(s.name for s in node._iface.inputs)
         outs = ", ".join(s.name for s in node.outputs)
         text = f"{name}({ins}) -> ({outs})"
     else:
@@ -125,7 +125,7 @@ def _tree_head(name: str, node: Node) -> str:
 
 
 def _tree(node: Node, prefix: str, lines: list[str]) -> None:
-    children = node._children()  # noqa: SLF001
+    children = node._children()
     for pos, (name, child) in enumerate(children):
         last = pos == len(children) - 1
         lines.append(f"{prefix}{'└─ ' if last else '├─ '}{_tree_head(name, child)}")
@@ -141,7 +141,7 @@ def render_mermaid(node: Node) -> str:
     """Draw the data flow of a node as a mermaid flowchart."""
     drawing = _Drawing()
     produced: dict[str, str] = {}
-    drawing.walk(node, node._label, produced)  # noqa: SLF001
+    drawing.walk(node, node._label, produced)
     for name in (s.name for s in node.outputs):
         if name in produced and name not in drawing.consumed:
             out_id = drawing.new_id("out")
@@ -161,9 +161,9 @@ class _Drawing:
         return f"{prefix}{next(self.counter)}"
 
     def walk(self, node: Node, name: str, produced: dict[str, str]) -> None:
-        from ._control import Loop, Switch  # noqa: PLC0415
+        from ._control import Loop, Switch
 
-        children = node._children()  # noqa: SLF001
+        children = node._children()
         if not children:
             self.leaf(node, name, produced)
             return
@@ -187,7 +187,7 @@ class _Drawing:
     def leaf(self, node: Node, name: str, produced: dict[str, str]) -> None:
         block_id = self.new_id("b")
         self.lines.append(f'    {block_id}["{name}"]')
-        for spec in node._iface.inputs:  # noqa: SLF001
+        for spec in node._iface.inputs:
             if spec.kind != "input":
                 continue
             if spec.name in produced:

@@ -104,7 +104,7 @@ class Step:
         self.stopped = True
 
 
-class Failure(Exception):  # noqa: N818 - private, never escapes a run
+class Failure(Exception):
     """Carries a failure up through the nodes, each adding its place to the path."""
 
     def __init__(
@@ -142,8 +142,7 @@ class Run:
     on_step: tuple[OnStep, ...] = ()
     cancel: CancelToken | None = None
     sink: Callable[[State], None] | None = None
-    path: list[str] = attrs.Factory(list)
-    resume_step: int | None = None
+    path: list[str] = attrs.Factory(list[str])
 
     @property
     def slow(self) -> bool:
@@ -169,7 +168,7 @@ def check_inputs(
     node: Node, values: Mapping[str, Any], given: Mapping[str, Any], *, missing: bool = True
 ) -> None:
     """Reject unknown names in *given* and report every missing required input at once."""
-    iface = node._iface  # noqa: SLF001 - the runner is the interface's reader
+    iface = node._iface
     if given and not iface.accepted.issuperset(given):
         unknown = tuple(name for name in given if name not in iface.accepted)
         choices = sorted(iface.accepted)
@@ -177,21 +176,23 @@ def check_inputs(
         listed = ", ".join(f"`{name}`" for name in unknown)
         what = "input" if len(unknown) == 1 else "inputs"
         accepted = ", ".join(f"`{name}`" for name in choices) or "nothing"
-        msg = f"`{node._label}` has no {what} {listed}.{hints} It accepts: {accepted}."  # noqa: SLF001
-        raise UnknownInputError(msg, node=node._label, names=unknown)  # noqa: SLF001
+        msg = f"`{node._label}` has no {what} {listed}.{hints} It accepts: {accepted}."
+        raise UnknownInputError(msg, node=node._label, names=unknown)
     if missing and not iface.required.issubset(values):
-        names = tuple(spec.name for spec in iface.inputs if spec.required and spec.name not in values)
-        label = node._label  # noqa: SLF001
+        names = tuple(
+            spec.name for spec in iface.inputs if spec.required and spec.name not in values
+        )
+        label = node._label
         raise MissingInputError(missing_message(label, names), node=label, names=names)
 
 
 def missing_message(node: str, missing: tuple[str, ...]) -> str:
     """Say which required inputs are missing and how to give them."""
     listed = ", ".join(f"`{name}`" for name in missing)
-    what = "input" if len(missing) == 1 else "inputs"
+    what, it = ("input", "it") if len(missing) == 1 else ("inputs", "them")
     return (
-        f"`{node}` is missing required {what} {listed}. Pass {'it' if len(missing) == 1 else 'them'}"
-        f" to `run(...)` or bind {'it' if len(missing) == 1 else 'them'} with `.bind(...)`."
+        f"`{node}` is missing required {what} {listed}. "
+        f"Pass {it} to `run(...)` or bind {it} with `.bind(...)`."
     )
 
 
@@ -209,26 +210,26 @@ def run_node(
     if start is not None:
         # A resumed run skips the blocks before *start*: only names are checked up front, and
         # a value the remaining blocks need but the state lacks is reported when it is read.
-        exec_ = node._resume(start)  # noqa: SLF001
+        exec_ = node._resume(start)
         check_inputs(node, values, inputs, missing=False)
     else:
         check_inputs(node, values, inputs)
-        exec_ = node._exec  # noqa: SLF001
-    if run.slow and node._named:  # noqa: SLF001
+        exec_ = node._exec
+    if run.slow and node._named:
         run.path.append(node.name)
     try:
         exec_(values, run)
     except Failure as failure:
-        if node._named:  # noqa: SLF001
+        if node._named:
             failure.add(node.name)
         raise to_error(failure, values) from failure.cause
-    return State._adopt(values)  # noqa: SLF001 - the run's dict is handed over, never touched again
+    return State._adopt(values)
 
 
 def to_error(failure: Failure, values: Values) -> ModblocksError:
     """Turn a failure that reached the top of a run into the public error."""
     path = format_path(failure.segments)
-    state = State._adopt(values)  # noqa: SLF001 - the last good state, handed over
+    state = State._adopt(values)
     if failure.kind == BLOCK:
         cause = failure.cause
         block = failure.fields.get("block") or path.rpartition(" > ")[2]

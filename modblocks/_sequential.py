@@ -17,11 +17,11 @@ from .exceptions import WiringError
 __all__ = ["Sequential", "unique_names"]
 
 
-def _flatten(nodes: Iterable[Node]) -> tuple[Node, ...]:
+def _flatten(nodes: Iterable[object]) -> tuple[Node, ...]:
     flat: list[Node] = []
     for node in nodes:
         if not isinstance(node, Node):
-            msg = f"a sequence can only hold nodes (blocks, sequences, switches, loops), not {node!r}."
+            msg = f"a sequence holds nodes (blocks, sequences, switches, loops), not {node!r}."
             raise WiringError(msg)
         if isinstance(node, Sequential) and node.name is None:
             flat.extend(node.nodes)  # anonymous sequences are spliced: `>>` is associative
@@ -60,7 +60,7 @@ class Sequential(Node):
     """
 
     nodes: tuple[Node, ...] = attrs.field(converter=_flatten)
-    name: str | None = None  # type: ignore[assignment]
+    name: str | None = None  # type: ignore[assignment] # pyright: ignore[reportIncompatibleVariableOverride] - None: anonymous
     names: tuple[str, ...] = attrs.field(init=False)
     _iface: Interface = attrs.field(init=False, repr=False)
 
@@ -123,7 +123,9 @@ class Sequential(Node):
         return Sequential(tuple(nodes), name=self.name)
 
     def _as_named(self) -> list[Node]:
-        return [n if n.name == k else n.named(k) for k, n in zip(self.names, self.nodes, strict=True)]
+        return [
+            n if n.name == k else n.named(k) for k, n in zip(self.names, self.nodes, strict=True)
+        ]
 
     def replace(self, name: str, node: Node) -> Sequential:
         """Return a copy with sub-block *name* replaced by *node*, which keeps the old name."""
@@ -132,7 +134,12 @@ class Sequential(Node):
         return self._rebuilt(nodes)
 
     def insert(
-        self, node: Node, *, before: str | None = None, after: str | None = None, name: str | None = None
+        self,
+        node: Node,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        name: str | None = None,
     ) -> Sequential:
         """Return a copy with *node* inserted before or after a sub-block (or at the end)."""
         if before is not None and after is not None:
@@ -149,7 +156,7 @@ class Sequential(Node):
         return self._rebuilt(nodes)
 
     def remove(self, name: str) -> Sequential:
-        """Return a copy without sub-block *name* (its consumers must then get the value elsewhere)."""
+        """Return a copy without sub-block *name*; its consumers then need the value elsewhere."""
         nodes = self._as_named()
         del nodes[self._position(name)]
         return self._rebuilt(nodes)
@@ -160,7 +167,7 @@ class Sequential(Node):
     def _resolve(self, known: dict[str, Any]) -> Node | None:
         kept: list[Node] = []
         for name, node in self._children():
-            chosen = node._resolve(known)  # noqa: SLF001
+            chosen = node._resolve(known)
             if chosen is not None:
                 kept.append(chosen.named(name) if chosen is node else chosen)
         if not kept:
@@ -184,7 +191,7 @@ class Sequential(Node):
         rest = _compile_sequence(names, nodes)
         if step_index is None:
             return rest
-        first = nodes[0]._resume(f"[step {step_index}]")  # noqa: SLF001
+        first = nodes[0]._resume(f"[step {step_index}]")
         tail = _compile_sequence(names[1:], nodes[1:]) if len(nodes) > 1 else None
 
         def resumed(values: Values, run: Run) -> None:
@@ -206,7 +213,7 @@ def _wire(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Interface:
     declared: dict[str, tuple[str, InputSpec]] = {}  # components and configs, by first owner
     outputs: dict[str, OutputSpec] = {}
     for child_name, node in zip(names, nodes, strict=True):
-        iface = node._iface  # noqa: SLF001
+        iface = node._iface
         for spec in iface.inputs:
             if spec.kind != INPUT:
                 _check_declared(declared, child_name, spec)
@@ -247,7 +254,9 @@ def _merge_need(needed: dict[str, InputSpec], spec: InputSpec) -> None:
         needed[spec.name] = attrs.evolve(first, required=first.required or spec.required, kind=kind)
 
 
-def _check_declared(declared: dict[str, tuple[str, InputSpec]], owner: str, spec: InputSpec) -> None:
+def _check_declared(
+    declared: dict[str, tuple[str, InputSpec]], owner: str, spec: InputSpec
+) -> None:
     if spec.name not in declared:
         declared[spec.name] = (owner, spec)
         return
@@ -262,13 +271,15 @@ def _check_declared(declared: dict[str, tuple[str, InputSpec]], owner: str, spec
         msg = (
             f"{spec.kind} `{spec.name}` is declared with incompatible types:\n"
             f"  - `{first_owner}` declares: {type_name(first.type)}\n"
-            f"  - `{owner}` declares: {' ' * max(0, len(first_owner) - len(owner))}{type_name(spec.type)}\n"
+            f"  - `{owner}` declares: {type_name(spec.type)}\n"
             "Make the annotations agree, or rename one with `.rename(...)`."
         )
         raise WiringError(msg, name=spec.name, producer=first_owner, consumer=owner)
 
 
-def _type_error(name: str, producer: str, produced: Any, consumer: str, expected: Any) -> WiringError:
+def _type_error(
+    name: str, producer: str, produced: Any, consumer: str, expected: Any
+) -> WiringError:
     width = max(len(producer) + len(" returns"), len(consumer) + len(" expects"))
     msg = (
         f"can't feed value `{name}` from `{producer}` into `{consumer}`:\n"
@@ -290,11 +301,11 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
     """
     namespace: dict[str, Any] = {"Failure": Failure}
     lines: list[str] = []
-    execs = tuple(node._exec for node in nodes)  # noqa: SLF001
+    execs = tuple(node._exec for node in nodes)
     for k, node in enumerate(nodes):
         lines.append(f"k = {k}")
         if isinstance(node, Block):
-            block_lines, block_ns = node._source(f"_{k}")  # noqa: SLF001
+            block_lines, block_ns = node._source(f"_{k}")
             lines += block_lines
             namespace.update(block_ns)
         else:
@@ -316,7 +327,7 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
         if isinstance(exc, Failure):
             return exc.add(names[k])
         node = nodes[k]
-        failure = node._failure(exc, values) if isinstance(node, Block) else Failure("block", exc)  # noqa: SLF001
+        failure = node._failure(exc, values) if isinstance(node, Block) else Failure("block", exc)
         return failure.add(names[k])
 
     def slow(values: Values, run: Run) -> None:

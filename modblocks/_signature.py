@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, NamedTuple, get_args, get_origin
+from typing import Annotated, Any, NamedTuple, cast, get_args, get_origin
 
 from ._docstring import parse_docstring
 from ._markers import COMPONENT as COMPONENT_MARKER
@@ -34,7 +35,7 @@ def caller_namespace(depth: int = 2) -> dict[str, Any]:
     Blocks and NamedTuples defined inside a function or a test can then be resolved, also
     under ``from __future__ import annotations`` (pydantic's ``parent_frame_namespace``).
     """
-    frame = sys._getframe(depth)  # noqa: SLF001 - the only way to see the defining scope
+    frame = sys._getframe(depth)
     if frame.f_globals is frame.f_locals:
         return {}  # module level: the function's own globals already cover it
     return dict(frame.f_locals)
@@ -62,14 +63,15 @@ def read_function(
                 kind=kind,
             )
         )
-    outputs, result = _outputs(fn, name, output, hints, localns)
+    outputs, result = _outputs(name, output, hints, localns)
     return FunctionSpec(description, tuple(inputs), outputs, result)
 
 
 def _check_function_type(fn: object, name: str) -> None:
     if isinstance(fn, (classmethod, staticmethod)):
+        kind: str = type(cast("object", fn)).__name__
         msg = (
-            f"block `{name}`: a {type(fn).__name__} can't be a block, because a block is called "
+            f"block `{name}`: a {kind} can't be a block, because a block is called "
             "with its inputs by name, without a class. Decorate a module-level function."
         )
         raise DefinitionError(msg, function=name)
@@ -138,10 +140,8 @@ def _type_hints(obj: Any, localns: Mapping[str, Any]) -> dict[str, Any]:
     globalns = getattr(inspect.unwrap(obj), "__globals__", None)
     if globalns is None:  # a class (NamedTuple): its module's globals
         globalns = vars(sys.modules.get(obj.__module__, types.ModuleType("_")))
-    try:
+    with contextlib.suppress(Exception):  # else resolve the annotations one by one
         return typing.get_type_hints(obj, globalns, dict(localns), include_extras=True)
-    except Exception:  # noqa: BLE001 - fall back to resolving the annotations one by one
-        pass
     raw: dict[str, Any] = dict(getattr(obj, "__annotations__", {}))
     hints: dict[str, Any] = {}
     for key, value in raw.items():
@@ -173,11 +173,11 @@ def _split_annotation(hint: Any) -> tuple[str, Any, str]:
 
 
 def _is_namedtuple(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
+    cls: object = tp
+    return hasattr(tp, "_fields") and isinstance(cls, type) and issubclass(cls, tuple)
 
 
 def _outputs(
-    fn: Callable[..., Any],
     name: str,
     output: str | None,
     hints: Mapping[str, Any],
@@ -187,15 +187,18 @@ def _outputs(
     _, tp, doc = _split_annotation(hints.get("return", Any))
     if output is not None:
         if not output.isidentifier():
-            msg = f"block `{name}`: `output={output!r}` is not a valid value name. Use an identifier."
+            msg = (
+                f"block `{name}`: `output={output!r}` is not a valid value name. Use an identifier."
+            )
             raise DefinitionError(msg, function=name)
         return (OutputSpec(output, tp, doc),), None
     if has_return and tp in (None, type(None)):
         return (), type(None)
     if _is_namedtuple(tp):
         field_hints = _type_hints(tp, localns)
-        specs = []
-        for field in tp._fields:
+        specs: list[OutputSpec] = []
+        fields: tuple[str, ...] = tp._fields
+        for field in fields:
             _, ftp, fdoc = _split_annotation(field_hints.get(field, Any))
             specs.append(OutputSpec(field, ftp, fdoc))
         return tuple(specs), tp
@@ -209,4 +212,3 @@ def _outputs(
         'output with `@block(output="name")`.'
     )
     raise DefinitionError(msg, function=name)
-

@@ -7,7 +7,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
-__all__ = ["NOTHING", "INPUT", "COMPONENT", "CONFIG", "InputSpec", "NothingType", "OutputSpec"]
+__all__ = ["COMPONENT", "CONFIG", "INPUT", "NOTHING", "InputSpec", "NothingType", "OutputSpec"]
 
 
 class _Nothing(enum.Enum):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, KeysView, Mapping
-from typing import Any, overload
+from collections.abc import Iterator, KeysView, Mapping, Sequence
+from typing import Any, cast
 
 import attrs
 
@@ -26,16 +26,18 @@ def summarize(value: Any) -> str:
         device = getattr(value, "device", None)
         where = f", device={device}" if device is not None and str(device) != "cpu" else ""
         return f"{type(value).__name__}(shape={tuple(shape)}, dtype={dtype}{where})"
-    if isinstance(value, (list, tuple)) and value and len(repr(value)) > _MAX_REPR:
-        inner = summarize(value[0])
-        return f"{type(value).__name__}[{inner}, ...](len={len(value)})"
+    if type(value) in (list, tuple):
+        seq = cast("Sequence[Any]", value)
+        if seq and len(repr(seq)) > _MAX_REPR:
+            return f"{type(seq).__name__}[{summarize(seq[0])}, ...](len={len(seq)})"
     text = repr(value)
     if len(text) <= _MAX_REPR:
         return text
+    cls: type[object] = type(cast("object", value))
     try:
-        return f"{type(value).__name__}(len={len(value)})"
+        return f"{cls.__name__}(len={len(value)})"
     except TypeError:
-        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+        return f"<{cls.__module__}.{cls.__qualname__}>"
 
 
 def _cell(text: str) -> str:
@@ -85,13 +87,9 @@ class State(Mapping[str, Any]):
         """The names of the values, inputs first, then outputs in order of production."""
         return self._values.keys()
 
-    @overload
-    def get(self, name: str, /) -> Any: ...
-    @overload
-    def get(self, name: str, default: Any, /) -> Any: ...
-    def get(self, name: str, default: Any = None, /) -> Any:
-        """Return the value called *name*, or *default* when there is none."""
-        return self._values.get(name, default)
+    def get(self, key: str, /, default: Any = None) -> Any:
+        """Return the value called *key*, or *default* when there is none."""
+        return self._values.get(key, default)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_values":

@@ -33,7 +33,9 @@ def _grad_modes() -> tuple[bool, bool] | None:
     return torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
 
-def stream(node: Node, state: Mapping[str, Any] | None, inputs: Mapping[str, Any]) -> Iterator[State]:
+def stream(
+    node: Node, state: Mapping[str, Any] | None, inputs: Mapping[str, Any]
+) -> Iterator[State]:
     """Run *node*, yielding the state after each loop step and the final state last."""
     to_consumer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
     to_worker: queue.Queue[bool] = queue.Queue(maxsize=1)
@@ -47,7 +49,7 @@ def stream(node: Node, state: Mapping[str, Any] | None, inputs: Mapping[str, Any
     def work() -> None:
         try:
             if modes is not None:
-                import torch  # noqa: PLC0415 - only when the caller already imported it
+                import torch
 
                 with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
                     final = run_node(node, state, inputs, Run(sink=sink))
@@ -61,7 +63,9 @@ def stream(node: Node, state: Mapping[str, Any] | None, inputs: Mapping[str, Any
         to_consumer.put(("final", final))
 
     context = contextvars.copy_context()
-    worker = threading.Thread(target=context.run, args=(work,), daemon=True, name="modblocks-stream")
+    worker = threading.Thread(
+        target=context.run, args=(work,), daemon=True, name="modblocks-stream"
+    )
     worker.start()
     finished = False
     try:

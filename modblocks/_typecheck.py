@@ -7,7 +7,6 @@ variables, unresolved names, protocols, type arguments).
 
 from __future__ import annotations
 
-import collections.abc
 import sys
 import types
 import typing
@@ -48,8 +47,10 @@ def is_compatible(produced: Any, expected: Any) -> bool:
     """Return whether a value annotated *produced* may feed an input annotated *expected*.
 
     Example:
-        >>> is_compatible(int, float), is_compatible(str, int | None), is_compatible(list[int], list)
-        (True, False, True)
+        >>> is_compatible(int, float), is_compatible(str, int | None)
+        (True, False)
+        >>> is_compatible(list[int], list), is_compatible(list[int], dict[str, int])
+        (True, False)
     """
     produced, expected = _strip(produced), _strip(expected)
     if _undecidable(produced) or _undecidable(expected):

@@ -27,7 +27,9 @@ class Size(NamedTuple):
 def default_size(
     unet: mb.Component[UNet2DConditionModel],
     vae: mb.Component[AutoencoderKL],
-    height: Annotated[int | None, Doc("image height in pixels; the UNet's size if not given")] = None,
+    height: Annotated[
+        int | None, Doc("image height in pixels; the UNet's size if not given")
+    ] = None,
     width: Annotated[int | None, Doc("image width in pixels; the UNet's size if not given")] = None,
 ) -> Size:
     """Default the image size to the UNet's sample size, and check that latents can tile it."""
@@ -46,7 +48,9 @@ def default_size(
 def preprocess_image(
     image: Annotated[PipelineImageInput, Doc("the image(s) to start from: PIL, NumPy or torch")],
     vae: mb.Component[AutoencoderKL],
-    height: Annotated[int | None, Doc("resize to this height; the image's own if not given")] = None,
+    height: Annotated[
+        int | None, Doc("resize to this height; the image's own if not given")
+    ] = None,
     width: Annotated[int | None, Doc("resize to this width; the image's own if not given")] = None,
 ) -> torch.Tensor:
     """Convert the image(s) to a float32 tensor in [-1, 1], resized to a multiple of the VAE's scale."""
@@ -56,7 +60,9 @@ def preprocess_image(
 
 @mb.block(output="mask_condition")
 def preprocess_mask(
-    mask_image: Annotated[PipelineImageInput, Doc("where to paint: white (1) repaints, black keeps")],
+    mask_image: Annotated[
+        PipelineImageInput, Doc("where to paint: white (1) repaints, black keeps")
+    ],
     vae: mb.Component[AutoencoderKL],
     height: Annotated[int, Doc("image height in pixels")],
     width: Annotated[int, Doc("image width in pixels")],

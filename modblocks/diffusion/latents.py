@@ -65,7 +65,9 @@ def prepare_latents(
     shape = (batch_size, unet.config.in_channels, height // factor, width // factor)
     _check_generators(generator, batch_size)
     if latents is None:
-        latents = randn_tensor(shape, generator=generator, device=unet.device, dtype=prompt_embeds.dtype)
+        latents = randn_tensor(
+            shape, generator=generator, device=unet.device, dtype=prompt_embeds.dtype
+        )
     else:
         latents = latents.to(unet.device)
     init_noise_sigma: Any = scheduler.init_noise_sigma  # pyright: ignore[reportAttributeAccessIssue]
@@ -73,9 +75,12 @@ def prepare_latents(
 
 
 @mb.block(output="latents")
+@torch.no_grad()  # inference only, also when run outside a Pipeline
 def prepare_img2img_latents(
     init_image: Annotated[torch.Tensor, Doc("the image(s) in [-1, 1], or their latents")],
-    timesteps: Annotated[torch.Tensor, Doc("the timesteps to denoise at; the first sets the noise level")],
+    timesteps: Annotated[
+        torch.Tensor, Doc("the timesteps to denoise at; the first sets the noise level")
+    ],
     batch_size: Annotated[int, Doc("number of images")],
     prompt_embeds: Annotated[torch.Tensor, Doc("text embeddings (their dtype is the latents')")],
     vae: mb.Component[AutoencoderKL],
@@ -101,15 +106,16 @@ class InpaintLatents(NamedTuple):
 
     latents: Annotated[torch.Tensor, Doc("the initial latents")]
     noise: Annotated[torch.Tensor, Doc("the noise the latents were made from")]
-    image_latents: Annotated[
-        torch.Tensor | None, Doc("the image's latents, if they were needed")
-    ]
+    image_latents: Annotated[torch.Tensor | None, Doc("the image's latents, if they were needed")]
 
 
 @mb.block
+@torch.no_grad()  # inference only, also when run outside a Pipeline
 def prepare_inpaint_latents(
     init_image: Annotated[torch.Tensor, Doc("the image(s) in [-1, 1], or their latents")],
-    timesteps: Annotated[torch.Tensor, Doc("the timesteps to denoise at; the first sets the noise level")],
+    timesteps: Annotated[
+        torch.Tensor, Doc("the timesteps to denoise at; the first sets the noise level")
+    ],
     batch_size: Annotated[int, Doc("number of images")],
     height: Annotated[int, Doc("image height in pixels")],
     width: Annotated[int, Doc("image width in pixels")],
@@ -160,6 +166,7 @@ class MaskLatents(NamedTuple):
 
 
 @mb.block
+@torch.no_grad()  # inference only, also when run outside a Pipeline
 def prepare_mask_latents(
     mask_condition: Annotated[torch.Tensor, Doc("the binary mask, at the image's size")],
     init_image: Annotated[torch.Tensor, Doc("the image(s) in [-1, 1]")],

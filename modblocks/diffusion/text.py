@@ -79,6 +79,7 @@ def _per_image(embeds: torch.Tensor, num_images_per_prompt: int) -> torch.Tensor
 
 
 @mb.block
+@torch.no_grad()  # inference only, also when run outside a Pipeline
 def encode_prompt(
     text_encoder: mb.Component[CLIPTextModel],
     tokenizer: mb.Component[PreTrainedTokenizerBase],
@@ -120,12 +121,12 @@ def encode_prompt(
     elif prompt is not None:
         batch_size = len(prompt)
     else:
-        assert prompt_embeds is not None  # noqa: S101 - checked above; narrows the type
+        assert prompt_embeds is not None
         batch_size = prompt_embeds.shape[0]
     device, dtype = text_encoder.device, text_encoder.dtype
 
     if prompt_embeds is None:
-        assert prompt is not None  # noqa: S101 - checked above; narrows the type
+        assert prompt is not None
         tokens = _tokenize(tokenizer, prompt, tokenizer.model_max_length)
         _warn_if_truncated(tokenizer, prompt, tokens[0])
         prompt_embeds = _encode(text_encoder, tokens, clip_skip)

@@ -13,7 +13,13 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
-__all__ = ["StrengthTimesteps", "Timesteps", "img2img_timesteps", "inpaint_timesteps", "set_timesteps"]
+__all__ = [
+    "StrengthTimesteps",
+    "Timesteps",
+    "img2img_timesteps",
+    "inpaint_timesteps",
+    "set_timesteps",
+]
 
 
 class Timesteps(NamedTuple):
@@ -45,9 +51,7 @@ def set_timesteps(
     timesteps: Annotated[
         list[int] | None, Doc("custom timesteps, in decreasing order, if the scheduler takes them")
     ] = None,
-    sigmas: Annotated[
-        list[float] | None, Doc("custom sigmas, if the scheduler takes them")
-    ] = None,
+    sigmas: Annotated[list[float] | None, Doc("custom sigmas, if the scheduler takes them")] = None,
 ) -> Timesteps:
     """Copy the scheduler and set its timesteps (diffusers' `retrieve_timesteps`).
 

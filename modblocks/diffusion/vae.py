@@ -76,6 +76,7 @@ def encode_image(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) 
 
 
 @mb.block(output="decoded")
+@torch.no_grad()  # inference only, also when run outside a Pipeline
 def decode_latents(
     latents: Annotated[torch.Tensor, Doc("the denoised latents")],
     vae: mb.Component[AutoencoderKL],
