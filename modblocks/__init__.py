@@ -15,6 +15,7 @@ from ._control import switch as switch
 from ._markers import Component as Component
 from ._markers import Config as Config
 from ._node import Node as Node
+from ._pipeline import Pipeline as Pipeline
 from ._progress import progress as progress
 from ._run import CancelToken as CancelToken
 from ._run import Step as Step
@@ -50,6 +51,7 @@ __all__ = [
     "Node",
     "OutputError",
     "OutputSpec",
+    "Pipeline",
     "Sequential",
     "State",
     "Step",

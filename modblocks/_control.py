@@ -293,6 +293,7 @@ class Loop(Node):
         over, index, item, name = self.over, self.index, self.item, self.name
         outs = tuple(self.body._iface.provides)
         option, own = self.progress, self.on_step
+        body_name = self.body.name if self.body._named else None  # a single block, a named node
 
         def run_loop(values: Values, run: Run) -> None:
             if over not in values:
@@ -312,9 +313,18 @@ class Loop(Node):
                         values[item] = element
                     saved = [get(key, NOTHING) for key in outs]
                     try:
-                        body(values, run)
+                        if body_name is not None and run.slow:
+                            run.path.append(body_name)
+                            try:
+                                body(values, run)
+                            finally:
+                                run.path.pop()
+                        else:
+                            body(values, run)
                     except Failure as failure:
                         _restore(values, outs, saved)
+                        if body_name is not None:
+                            failure.add(body_name)
                         raise failure.add(f"[step {i}]") from None
                     if bar is not None:
                         bar.update(1)

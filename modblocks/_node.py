@@ -152,12 +152,18 @@ class Node:
             if name not in known:
                 what = "input or output" if outputs else "input, component or config"
                 msg = (
-                    f"can't {verb} `{name}` of `{self.name}`: it has no {what} of that name."
+                    f"can't {verb} `{name}` of `{self._label}`: it has no {what} of that name."
                     f"{did_you_mean(name, known)} Known: {', '.join(f'`{k}`' for k in known)}."
                 )
-                raise WiringError(msg, name=name, consumer=self.name)
+                raise WiringError(msg, name=name, consumer=self._label)
 
     # -- running -------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The compiled function is rebuilt on first use after unpickling; it can't be pickled.
+        state = dict(self.__dict__)
+        state.pop("_exec", None)
+        return state
 
     @functools.cached_property
     def _exec(self) -> Exec:
@@ -168,7 +174,7 @@ class Node:
         raise NotImplementedError
 
     def _resume(self, start: str) -> Exec:
-        msg = f"`{self.name}` can't start at `{start}`: only a sequence or a loop can resume."
+        msg = f"`{self._label}` can't start at `{start}`: only a sequence or a loop can resume."
         raise WiringError(msg, name=start, consumer=self.name)
 
     def run(

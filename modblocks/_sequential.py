@@ -152,7 +152,9 @@ class Sequential(Node):
             pos = self._position(after) + 1
         else:
             pos = len(nodes)
-        nodes.insert(pos, node if name is None else node.named(name))
+        if name is None:
+            name = unique_names([*self.names, node._label])[-1]  # the others keep their names
+        nodes.insert(pos, node if name == node.name else node.named(name))
         return self._rebuilt(nodes)
 
     def remove(self, name: str) -> Sequential:

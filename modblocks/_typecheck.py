@@ -87,12 +87,14 @@ def type_name(tp: Any) -> str:
     if tp is None or tp is _NONE:
         return "None"
     if isinstance(tp, type) and not get_args(tp):
-        if tp.__module__ == "builtins":
-            return tp.__qualname__
-        module = tp.__module__
-        top = module.partition(".")[0]
-        # Prefer the public spelling: torch.Tensor, diffusers.UNet2DModel.
-        if getattr(sys.modules.get(top), tp.__qualname__, None) is tp:
-            module = top
-        return f"{module}.{tp.__qualname__}"
+        cls: type[object] = tp
+        if cls.__module__ == "builtins":
+            return cls.__qualname__
+        # Prefer the public spelling: torch.nn.Linear, diffusers.UNet2DModel.
+        parts = cls.__module__.split(".")
+        for end in range(1, len(parts)):
+            shorter = ".".join(parts[:end])
+            if getattr(sys.modules.get(shorter), cls.__qualname__, None) is cls:
+                return f"{shorter}.{cls.__qualname__}"
+        return f"{cls.__module__}.{cls.__qualname__}"
     return repr(tp).replace("typing.", "")

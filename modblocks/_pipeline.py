@@ -1,0 +1,305 @@
+"""`Pipeline`: blocks with their components bound, the object users keep and call."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, cast, overload
+
+import attrs
+
+from ._node import Node
+from ._run import CancelToken, OnStep, Run, did_you_mean, run_node
+from ._specs import InputSpec
+from ._state import State, summarize
+from ._typecheck import is_compatible, type_name
+from .exceptions import MissingInputError, ModblocksError, UnknownInputError, WiringError
+
+__all__ = ["Pipeline"]
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@attrs.frozen(slots=False, eq=False, repr=False)
+class Pipeline:
+    """Blocks plus the components and configs they declare, checked once and ready to call.
+
+    Args:
+        blocks: the node to run (a block, sequence, switch or loop).
+        components: models, schedulers, tokenizers ... by name; every component the blocks
+            declare without a default must be given, as an instance of the declared type.
+        configs: values for the blocks' configs (they keep their defaults otherwise).
+        inference_mode: run under `torch.inference_mode()` (the default), as diffusers does.
+
+    Example:
+        ``pipe = mb.Pipeline(text2img, components={"unet": unet, ...})`` then
+        ``images = pipe(prompt="a cat", output="images")``.
+    """
+
+    blocks: Node
+    components: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_frozen_mapping)
+    configs: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_frozen_mapping)
+    inference_mode: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        _check_bindings(self.blocks, self.components, self.configs)
+        bound = {**self.components, **self.configs}
+        self.__dict__["_bound"] = bound
+        accepted = self.blocks._iface.accepted - self.components.keys()
+        self.__dict__["_accepted"] = accepted
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(
+        self,
+        state: Mapping[str, Any] | None = None,
+        /,
+        *,
+        on_step: OnStep | None = None,
+        cancel: CancelToken | None = None,
+        resume: str | None = None,
+        **inputs: Any,
+    ) -> State:
+        """Run the blocks with the bound components and return the final state.
+
+        Takes the same arguments as `Node.run`. Components stay out of the returned state
+        (and out of the state of an error), so states stay small to keep and to pickle.
+        """
+        self._check_given(inputs)
+        start: dict[str, Any] = dict(self.__dict__["_bound"])
+        if state is not None:
+            start.update(state)
+        run = None
+        if on_step is not None or cancel is not None:
+            run = Run(on_step=() if on_step is None else (on_step,), cancel=cancel)
+        try:
+            with self._mode():
+                if run is None:
+                    final = run_node(self.blocks, start, inputs, start=resume)
+                else:
+                    final = run_node(self.blocks, start, inputs, run, start=resume)
+        except ModblocksError as error:
+            error_state = getattr(error, "state", None)
+            if isinstance(error_state, State):
+                error.__dict__["state"] = self._strip(error_state)
+            raise
+        return self._strip(final)
+
+    @overload
+    def __call__(self, *, output: None = None, **inputs: Any) -> State: ...
+    @overload
+    def __call__(self, *, output: str, **inputs: Any) -> Any: ...
+    @overload
+    def __call__(self, *, output: Sequence[str], **inputs: Any) -> tuple[Any, ...]: ...
+    def __call__(self, *, output: str | Sequence[str] | None = None, **inputs: Any) -> Any:
+        """Run with *inputs* and return the value called *output*, a tuple, or the `State`.
+
+        ``output="images"`` returns that value, ``output=["images", "latents"]`` a tuple in
+        that order, and ``output=None`` (the default) the whole final state.
+        """
+        state = self.run(**inputs)
+        if output is None:
+            return state
+        if isinstance(output, str):
+            return _pick(state, output, self.blocks)
+        return tuple(_pick(state, name, self.blocks) for name in output)
+
+    def stream(self, state: Mapping[str, Any] | None = None, /, **inputs: Any) -> Iterator[State]:
+        """Run, yielding the state after each loop step and the final state (see `Node.stream`)."""
+        from ._stream import stream
+
+        self._check_given(inputs)
+        start = {**self.__dict__["_bound"], **(state or {})}
+        with self._mode():
+            for step_state in stream(self.blocks, start, inputs):
+                yield self._strip(step_state)
+
+    def _check_given(self, inputs: Mapping[str, Any]) -> None:
+        accepted: frozenset[str] = self.__dict__["_accepted"]
+        if inputs and not accepted.issuperset(inputs):
+            for name in inputs:
+                if name in self.components:
+                    msg = (
+                        f"`{name}` is a component bound by the pipeline, not a per-call input. "
+                        f"Use `pipe.with_components({name}=...)` to change it."
+                    )
+                    raise UnknownInputError(msg, node=self.blocks._label, names=(name,))
+
+    def _strip(self, state: State) -> State:
+        values = state._values
+        for name in self.components:
+            values.pop(name, None)
+        return state
+
+    def _mode(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.inference_mode:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.inference_mode()
+
+    # -- components ----------------------------------------------------------------------
+
+    def with_components(self, **components: Any) -> Pipeline:
+        """Return a new pipeline with some components replaced (checked as at construction)."""
+        return attrs.evolve(self, components={**self.components, **components})
+
+    def with_configs(self, **configs: Any) -> Pipeline:
+        """Return a new pipeline with some configs changed."""
+        return attrs.evolve(self, configs={**self.configs, **configs})
+
+    def to(self, device: Any = None, dtype: Any = None) -> Pipeline:
+        """Move the components that are torch modules to *device* and/or *dtype*.
+
+        Like ``torch.nn.Module.to`` (and diffusers' ``pipe.to``) the modules move in place;
+        the pipeline is returned for chaining.
+        """
+        for component in self.components.values():
+            move = getattr(component, "to", None)
+            if move is None or not hasattr(component, "parameters"):
+                continue
+            if device is not None:
+                move(device)
+            if dtype is not None:
+                move(dtype=dtype)
+        return self
+
+    # -- loading and saving ----------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        blocks: Node,
+        *,
+        torch_dtype: Any = None,
+        components: Mapping[str, Any] | None = None,
+        configs: Mapping[str, Any] | None = None,
+        inference_mode: bool = True,
+    ) -> Pipeline:
+        """Load the components *blocks* declare from a local diffusers-format folder.
+
+        The folder holds ``model_index.json`` and a subfolder per component, as written by
+        diffusers' ``save_pretrained`` or `save_pretrained`. Components given in *components*
+        are used as they are instead of being loaded.
+        """
+        from ._pretrained import load_components
+
+        given = dict(components or {})
+        wanted = [s for s in blocks.components if s.name not in given]
+        loaded = load_components(path, wanted, torch_dtype=torch_dtype)
+        return cls(
+            blocks,
+            components={**loaded, **given},
+            configs=configs or {},
+            inference_mode=inference_mode,
+        )
+
+    def save_pretrained(
+        self, path: str | os.PathLike[str], *, pipeline_class: str | None = None
+    ) -> None:
+        """Write the components as a diffusers-format folder that diffusers can load back.
+
+        Args:
+            path: the folder to write (created if needed).
+            pipeline_class: the diffusers pipeline class named in ``model_index.json`` (e.g.
+                ``"StableDiffusionPipeline"``), so ``DiffusionPipeline.from_pretrained`` works.
+        """
+        from ._pretrained import save_components
+
+        save_components(path, self.components, pipeline_class=pipeline_class)
+
+    # -- documentation ---------------------------------------------------------------------
+
+    @property
+    def doc(self) -> str:
+        """The blocks' documentation, with the values bound to components and configs."""
+        lines = [self.blocks.doc, "", "Bound components:"]
+        lines += [f"    {k}: {summarize(v)}" for k, v in self.components.items()] or ["    (none)"]
+        if self.configs:
+            lines += ["", "Bound configs:"]
+            lines += [f"    {k} = {v!r}" for k, v in self.configs.items()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        comps = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
+        return f"Pipeline({self.blocks._label}, components=({comps}))"
+
+
+def _pick(state: State, name: str, blocks: Node) -> Any:
+    if name in state:
+        return state[name]
+    known = list(state)
+    msg = (
+        f"`{blocks._label}` produced no value `{name}`.{did_you_mean(name, known)} "
+        f"Its final state holds: {', '.join(f'`{k}`' for k in known)}."
+    )
+    raise KeyError(msg)
+
+
+def _check_bindings(
+    blocks: Node, components: Mapping[str, Any], configs: Mapping[str, Any]
+) -> None:
+    """Check every component and config at once; report all problems together."""
+    if not isinstance(cast("object", blocks), Node):
+        msg = f"a pipeline runs a node (a block, sequence, switch or loop), not {blocks!r}."
+        raise WiringError(msg)
+    declared = {s.name: s for s in blocks.components}
+    declared_configs = {s.name: s for s in blocks.configs}
+    label = blocks._label
+    unknown = [n for n in components if n not in declared]
+    unknown_configs = [n for n in configs if n not in declared_configs]
+    if unknown or unknown_configs:
+        lines = [
+            f"`{n}` is not a component of `{label}`.{did_you_mean(n, list(declared))}"
+            for n in unknown
+        ] + [
+            f"`{n}` is not a config of `{label}`.{did_you_mean(n, list(declared_configs))}"
+            for n in unknown_configs
+        ]
+        msg = (
+            " ".join(lines)
+            + f" Components: {_names(declared)}; configs: {_names(declared_configs)}."
+        )
+        raise UnknownInputError(msg, node=label, names=tuple(unknown + unknown_configs))
+    missing = tuple(n for n, s in declared.items() if s.required and n not in components)
+    if missing:
+        what, them = ("components", "them") if len(missing) > 1 else ("component", "it")
+        msg = (
+            f"`{label}` needs {what} {_names(missing)}. Pass {them} in `components={{...}}` "
+            f"or load {them} with `Pipeline.from_pretrained`."
+        )
+        raise MissingInputError(msg, node=label, names=missing)
+    wrong = [
+        _wrong_type(spec, components[name], "component")
+        for name, spec in declared.items()
+        if name in components and not _instance_of(components[name], spec)
+    ] + [
+        _wrong_type(spec, configs[name], "config")
+        for name, spec in declared_configs.items()
+        if name in configs and not _instance_of(configs[name], spec)
+    ]
+    if wrong:
+        msg = f"`{label}` got values of the wrong type:\n" + "\n".join(wrong)
+        raise WiringError(msg, consumer=label, name=wrong[0].split("`")[1])
+
+
+def _names(names: Any) -> str:
+    return ", ".join(f"`{n}`" for n in names) or "none"
+
+
+def _instance_of(value: Any, spec: InputSpec) -> bool:
+    if value is None and not spec.required and spec.default is None:
+        return True
+    return is_compatible(type(value), spec.type)
+
+
+def _wrong_type(spec: InputSpec, value: Any, kind: str) -> str:
+    return (
+        f"  - {kind} `{spec.name}` must be {type_name(spec.type)}, "
+        f"got {type_name(type(value))}: {summarize(value)}"
+    )
