@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from ._block import Block as Block
 from ._block import block as block
+from ._cache import Cache as Cache
+from ._cache import CacheStats as CacheStats
+from ._cache import touch as touch
 from ._control import Loop as Loop
 from ._control import Switch as Switch
 from ._control import loop as loop
 from ._control import switch as switch
+from ._events import Event as Event
+from ._events import Report as Report
 from ._markers import Component as Component
 from ._markers import Config as Config
 from ._node import Node as Node
@@ -39,11 +44,14 @@ __all__ = [
     "NOTHING",
     "Block",
     "BlockError",
+    "Cache",
+    "CacheStats",
     "CancelToken",
     "CancelledError",
     "Component",
     "Config",
     "DefinitionError",
+    "Event",
     "InputSpec",
     "Loop",
     "MissingInputError",
@@ -52,6 +60,7 @@ __all__ = [
     "OutputError",
     "OutputSpec",
     "Pipeline",
+    "Report",
     "Sequential",
     "State",
     "Step",
@@ -63,4 +72,5 @@ __all__ = [
     "loop",
     "progress",
     "switch",
+    "touch",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import attrs
 from ._node import Interface, Node, _check_identifier
 from ._run import MISSING, OUTPUT, Exec, Failure, Values
 from ._signature import FunctionSpec, caller_namespace, read_function
+from ._slow import slow_block
 from ._typecheck import type_name
 from .exceptions import WiringError
 
@@ -121,19 +123,32 @@ class Block(Node, Generic[P, R]):
     def _compile(self) -> Exec:
         lines, namespace = self._source("")
         body = "\n".join(f"        {line}" for line in lines)
-        source = (
-            "def run_block(v, run):\n"
-            "    try:\n"
-            f"{body}\n"
+        handler = (
             "    except Failure:\n"
             "        raise\n"
             "    except Exception as exc:\n"
             "        raise failure(exc, v) from None\n"
         )
+        source = (
+            "def run_fast(v, run):\n"
+            f"    try:\n{body}\n{handler}"
+            "def run_block(v, run):\n"
+            "    if run.slow:\n"
+            "        return slow(v, run)\n"
+            f"    try:\n{body}\n{handler}"
+        )
         namespace.update(Failure=Failure, failure=self._failure)
         exec(compile(source, f"<block {self.name}>", "exec"), namespace)  # noqa: S102
+        namespace["slow"] = slow_block(self, namespace["run_fast"])
         run_block: Exec = namespace["run_block"]
         return run_block
+
+    @functools.cached_property
+    def _identity(self) -> bytes:
+        from ._cache import identity_digest
+
+        defaults = tuple((s.name, s.default) for s in self.spec.inputs if not s.required)
+        return identity_digest(self.fn, self.name, self.output, self.renames, self.bound, defaults)
 
     def _source(self, tag: str) -> tuple[list[str], dict[str, Any]]:
         """Python lines that run this block on the values ``v`` (inlined by sequences)."""

@@ -9,10 +9,12 @@ from typing import Any, cast
 
 import attrs
 
+from ._cache import fresh_key
 from ._node import PRODUCED, Interface, Node, _check_identifier
 from ._progress import open_bar
 from ._run import BLOCK, MISSING, Exec, Failure, OnStep, Run, Step, Values, format_path
 from ._sequential import unique_names
+from ._slow import cached_unit
 from ._specs import NOTHING, InputSpec, OutputSpec
 from ._state import State
 from .exceptions import WiringError
@@ -106,6 +108,9 @@ class Switch(Node):
             return None
         return self._children()[pos][1]._resolve(known)
 
+    def _identity_parts(self) -> list[Any]:
+        return [self.triggers, self.select]
+
     def _compile(self) -> Exec:
         table = [
             (f"[{label}]", frozenset(node._iface.required), node._exec)
@@ -143,7 +148,14 @@ def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
     inputs: dict[str, InputSpec] = {}
     for iface in ifaces:
         for spec in iface.inputs:
-            inputs.setdefault(spec.name, spec)
+            first = inputs.setdefault(spec.name, spec)
+            if not _same_default(first, spec):
+                # Each branch keeps its own default; the switch itself promises none.
+                note = "default depends on the branch"
+                description = f"{first.description} ({note})" if first.description else note
+                inputs[spec.name] = attrs.evolve(
+                    first, default=NOTHING, required=False, description=description
+                )
     required = {
         name
         for name in inputs
@@ -177,6 +189,15 @@ def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
     return Interface(
         tuple(specs.values()), tuple(outputs.values()), bound=tuple(bound), maybe=maybe
     )
+
+
+def _same_default(a: InputSpec, b: InputSpec) -> bool:
+    if a.required or b.required or a.default is b.default:
+        return True
+    try:
+        return bool(a.default == b.default) and type(a.default) is type(b.default)
+    except Exception:  # noqa: BLE001 - values without a plain == (tensors) differ
+        return False
 
 
 def switch(
@@ -274,6 +295,9 @@ class Loop(Node):
             return self
         return attrs.evolve(self, body=body)
 
+    def _identity_parts(self) -> list[Any]:
+        return [self.over, self.index, self.item, self.on_step]
+
     def _compile(self) -> Exec:
         return self._make_exec(0)
 
@@ -313,12 +337,8 @@ class Loop(Node):
                         values[item] = element
                     saved = [get(key, NOTHING) for key in outs]
                     try:
-                        if body_name is not None and run.slow:
-                            run.path.append(body_name)
-                            try:
-                                body(values, run)
-                            finally:
-                                run.path.pop()
+                        if run.slow and run.path:
+                            _slow_step(body, body_name, values, run, i)
                         else:
                             body(values, run)
                     except Failure as failure:
@@ -328,6 +348,8 @@ class Loop(Node):
                         raise failure.add(f"[step {i}]") from None
                     if bar is not None:
                         bar.update(1)
+                    if run.events is not None:
+                        run.emit("step", index=i, total=total)
                     if (callbacks or run.sink is not None) and _after_step(
                         values, run, callbacks, i, element, total, (index, item)
                     ):
@@ -339,7 +361,42 @@ class Loop(Node):
                     bar.close()
                 _restore(values, [k for k, _ in before], [v for _, v in before])
 
-        return run_loop
+        if start:
+            return run_loop
+
+        provides = self._iface.provides
+
+        def dispatch(values: Values, run: Run) -> None:
+            if run.cache is None or run.uncached:
+                run_loop(values, run)
+            elif run.sink is None and own is None and not run.on_step:
+                # A loop is cached as one unit: its steps' results are never reused alone.
+                cached_unit(self, run_loop, values, run)
+            else:  # callbacks may change the values: run it, and trust nothing it made
+                run.uncached += 1
+                try:
+                    run_loop(values, run)
+                finally:
+                    run.uncached -= 1
+                for name in provides:
+                    run.keys[name] = fresh_key()
+
+        return dispatch
+
+
+def _slow_step(body: Exec, body_name: str | None, values: Values, run: Run, index: int) -> None:
+    """Run one step keeping the path up to date: ``denoise[step 3] > unet``."""
+    path = run.path
+    base = path[-1]
+    path[-1] = f"{base}[step {index}]"
+    if body_name is not None:
+        path.append(body_name)
+    try:
+        body(values, run)
+    finally:
+        if body_name is not None:
+            path.pop()
+        path[-1] = base
 
 
 def _restore(values: Values, keys: Any, saved: Any) -> None:
@@ -360,7 +417,7 @@ def _after_step(
     hidden: tuple[str | None, str | None],
 ) -> bool:
     """Call step callbacks and the stream; return whether the loop must stop."""
-    snapshot = {k: v for k, v in values.items() if k not in hidden}
+    snapshot = _whole_state({k: v for k, v in values.items() if k not in hidden}, run)
     step = Step(
         format_path(list(reversed(run.path))), index, element, total, State._adopt(snapshot)
     )
@@ -372,12 +429,30 @@ def _after_step(
                 Failure(BLOCK, exc, block="on_step").add("on_step").add(f"[step {index}]")
             ) from None
         if changes:
-            values.update(changes)
+            values.update(_inner_names(changes, run))
             snapshot.update(changes)
             step.state = State._adopt(dict(snapshot))
     if run.sink is not None:
         run.sink(step.state)
     return step.stopped
+
+
+def _whole_state(snapshot: Values, run: Run) -> Values:
+    """See values of a renamed node's own dict as the run's state, under the run's names."""
+    for outer, names in reversed(run.views):
+        merged = dict(outer)
+        merged.update({names.get(k, k): v for k, v in snapshot.items()})
+        snapshot = merged
+    return snapshot
+
+
+def _inner_names(changes: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """Translate changes named as in the run's state to the names inside renamed nodes."""
+    translated = dict(changes)
+    for _, names in run.views:
+        inverse = {o: i for i, o in names.items()}
+        translated = {inverse.get(k, k): v for k, v in translated.items()}
+    return translated
 
 
 def loop(

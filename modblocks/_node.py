@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
+from ._events import Event
 from ._run import (
     CancelToken,
     Exec,
@@ -15,6 +16,7 @@ from ._run import (
     Run,
     Values,
     did_you_mean,
+    make_run,
     run_node,
 )
 from ._specs import COMPONENT, CONFIG, INPUT, InputSpec, OutputSpec
@@ -22,6 +24,7 @@ from ._state import State
 from .exceptions import WiringError
 
 if TYPE_CHECKING:
+    from ._cache import Cache
     from ._sequential import Sequential
 
 __all__ = ["PRODUCED", "Adapted", "Interface", "Node"]
@@ -163,6 +166,7 @@ class Node:
         # The compiled function is rebuilt on first use after unpickling; it can't be pickled.
         state = dict(self.__dict__)
         state.pop("_exec", None)
+        state.pop("_identity", None)  # made of per-process object tokens
         return state
 
     @functools.cached_property
@@ -172,6 +176,19 @@ class Node:
 
     def _compile(self) -> Exec:
         raise NotImplementedError
+
+    @functools.cached_property
+    def _identity(self) -> bytes:
+        """A digest of what this node does: its code, structure and names (for caching)."""
+        from ._cache import identity_digest
+
+        parts: list[Any] = [type(self).__name__, self._label]
+        parts += [(name, child._identity) for name, child in self._children()]
+        parts += self._identity_parts()
+        return identity_digest(*parts)
+
+    def _identity_parts(self) -> list[Any]:
+        return []
 
     def _resume(self, start: str) -> Exec:
         msg = f"`{self._label}` can't start at `{start}`: only a sequence or a loop can resume."
@@ -183,7 +200,9 @@ class Node:
         /,
         *,
         on_step: OnStep | None = None,
+        events: Callable[[Event], None] | None = None,
         cancel: CancelToken | None = None,
+        cache: Cache | None = None,
         resume: str | None = None,
         **inputs: Any,
     ) -> State:
@@ -192,7 +211,10 @@ class Node:
         Args:
             state: values to start from (a `State` or any mapping); its names are not checked.
             on_step: called after every step of every loop (see `Step`).
+            events: called with an `Event` when a block starts, finishes or is served from the
+                cache, and after each loop step (a `Report` collects them).
             cancel: a token that stops the run between blocks and loop steps.
+            cache: a `Cache` that serves unchanged blocks instead of running them.
             resume: start at a sub-block, skipping those before it: a name, or the ``.path``
                 of a `BlockError` (``name[step 12]`` resumes a loop at that step).
             **inputs: the node's inputs by name.
@@ -202,9 +224,7 @@ class Node:
             UnknownInputError: an input name the node does not read.
             BlockError: a block raised; ``err.state`` holds the values computed before.
         """
-        if on_step is None and cancel is None:  # the common case: no per-run context
-            return run_node(self, state, inputs, start=resume)
-        run = Run(on_step=() if on_step is None else (on_step,), cancel=cancel)
+        run = make_run(on_step, events, cancel, cache)
         return run_node(self, state, inputs, run, start=resume)
 
     def stream(self, state: Mapping[str, Any] | None = None, /, **inputs: Any) -> Iterator[State]:
@@ -322,6 +342,9 @@ class Adapted(Node):
     def _children(self) -> tuple[tuple[str, Node], ...]:
         return self.node._children()
 
+    def _identity_parts(self) -> list[Any]:
+        return [self.node._identity, self.renames, self.bound]
+
     def _compile(self) -> Exec:
         inner_exec = self.node._exec
         bound = self.bound
@@ -341,9 +364,13 @@ class Adapted(Node):
             # so a renamed value can never shadow another one of the outer state.
             values.update(bound)
             inner = {i: values[o] for i, o in reads if o in values}
+            if run.slow:
+                run.views.append((values, outer))
             try:
                 inner_exec(inner, run)
             finally:
+                if run.slow:
+                    run.views.pop()
                 for i, o in writes:
                     if i in inner:
                         values[o] = inner[i]

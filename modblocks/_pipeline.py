@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, cast, overload
 
 import attrs
 
+from ._cache import Cache, touch
+from ._events import Event
 from ._node import Node
-from ._run import CancelToken, OnStep, Run, did_you_mean, run_node
+from ._run import CancelToken, OnStep, did_you_mean, make_run, run_node
 from ._specs import InputSpec
 from ._state import State, summarize
 from ._typecheck import is_compatible, type_name
@@ -34,6 +36,8 @@ class Pipeline:
             declare without a default must be given, as an instance of the declared type.
         configs: values for the blocks' configs (they keep their defaults otherwise).
         inference_mode: run under `torch.inference_mode()` (the default), as diffusers does.
+        cache: a `Cache` that serves unchanged blocks instead of running them again (change
+            the seed and only what depends on the generator runs).
 
     Example:
         ``pipe = mb.Pipeline(text2img, components={"unet": unet, ...})`` then
@@ -44,6 +48,7 @@ class Pipeline:
     components: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_frozen_mapping)
     configs: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_frozen_mapping)
     inference_mode: bool = True
+    cache: Cache | None = None
 
     def __attrs_post_init__(self) -> None:
         _check_bindings(self.blocks, self.components, self.configs)
@@ -60,28 +65,25 @@ class Pipeline:
         /,
         *,
         on_step: OnStep | None = None,
+        events: Callable[[Event], None] | None = None,
         cancel: CancelToken | None = None,
         resume: str | None = None,
         **inputs: Any,
     ) -> State:
         """Run the blocks with the bound components and return the final state.
 
-        Takes the same arguments as `Node.run`. Components stay out of the returned state
+        Takes the same arguments as `Node.run` (the cache is the pipeline's). Components stay
+        out of the returned state
         (and out of the state of an error), so states stay small to keep and to pickle.
         """
         self._check_given(inputs)
         start: dict[str, Any] = dict(self.__dict__["_bound"])
         if state is not None:
             start.update(state)
-        run = None
-        if on_step is not None or cancel is not None:
-            run = Run(on_step=() if on_step is None else (on_step,), cancel=cancel)
+        run = make_run(on_step, events, cancel, self.cache)
         try:
             with self._mode():
-                if run is None:
-                    final = run_node(self.blocks, start, inputs, start=resume)
-                else:
-                    final = run_node(self.blocks, start, inputs, run, start=resume)
+                final = run_node(self.blocks, start, inputs, run, start=resume)
         except ModblocksError as error:
             error_state = getattr(error, "state", None)
             if isinstance(error_state, State):
@@ -114,9 +116,11 @@ class Pipeline:
 
         self._check_given(inputs)
         start = {**self.__dict__["_bound"], **(state or {})}
-        with self._mode():
-            for step_state in stream(self.blocks, start, inputs):
-                yield self._strip(step_state)
+        steps = stream(
+            self.blocks, start, inputs, cache=self.cache, inference_mode=self.inference_mode
+        )
+        for step_state in steps:
+            yield self._strip(step_state)
 
     def _check_given(self, inputs: Mapping[str, Any]) -> None:
         accepted: frozenset[str] = self.__dict__["_accepted"]
@@ -146,6 +150,8 @@ class Pipeline:
 
     def with_components(self, **components: Any) -> Pipeline:
         """Return a new pipeline with some components replaced (checked as at construction)."""
+        for component in components.values():
+            touch(component)  # a swapped-in object may have been used (and cached) before
         return attrs.evolve(self, components={**self.components, **components})
 
     def with_configs(self, **configs: Any) -> Pipeline:
@@ -166,6 +172,7 @@ class Pipeline:
                 move(device)
             if dtype is not None:
                 move(dtype=dtype)
+            touch(component)  # cached results computed before the move are stale
         return self
 
     # -- loading and saving ----------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 
+from ._events import Event, EventKind
 from ._state import State
 from .exceptions import (
     BlockError,
@@ -26,6 +27,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    from ._cache import Cache
     from ._node import Node
 
 __all__ = [
@@ -135,19 +137,57 @@ def format_path(segments: list[str]) -> str:
     return " > ".join(parts)
 
 
-@attrs.define(eq=False)
 class Run:
-    """Everything one run needs besides the values: callbacks, cancellation, where it is."""
+    """Everything one run needs besides the values: callbacks, cancellation, cache, path.
 
-    on_step: tuple[OnStep, ...] = ()
-    cancel: CancelToken | None = None
-    sink: Callable[[State], None] | None = None
-    path: list[str] = attrs.Factory(list[str])
+    ``slow`` says whether nodes must go block by block keeping track of the path (for
+    callbacks, events, streams, cancellation and caching); runs without any of these take the
+    compiled straight-line path.
+    """
 
-    @property
-    def slow(self) -> bool:
-        """Whether nodes must keep track of paths (for callbacks, streams, cancellation)."""
-        return bool(self.on_step) or self.cancel is not None or self.sink is not None
+    __slots__ = (
+        "cache",
+        "cancel",
+        "events",
+        "keys",
+        "on_step",
+        "path",
+        "sink",
+        "slow",
+        "uncached",
+        "views",
+    )
+
+    def __init__(
+        self,
+        *,
+        on_step: tuple[OnStep, ...] = (),
+        cancel: CancelToken | None = None,
+        sink: Callable[[State], None] | None = None,
+        events: Callable[[Event], None] | None = None,
+        cache: Cache | None = None,
+    ) -> None:
+        self.on_step = on_step
+        self.cancel = cancel
+        self.sink = sink
+        self.events = events
+        self.cache = cache
+        self.path: list[str] = []
+        self.keys: dict[str, bytes] = {}  # cache keys of the values produced so far
+        self.uncached = 0  # > 0 inside a loop body: the loop is the unit that is cached
+        # Renamed nodes run on their own dicts: (outer values, inner name -> outer name) for
+        # each one we are inside, so step states can be shown as the whole run's state.
+        self.views: list[tuple[Values, dict[str, str]]] = []
+        self.slow = bool(on_step) or any(x is not None for x in (cancel, sink, events, cache))
+
+    def where(self) -> str:
+        """The current path, e.g. ``text2img > denoise[step 3] > unet``."""
+        return format_path(list(reversed(self.path)))
+
+    def emit(self, kind: EventKind, **fields: Any) -> None:
+        """Send an event for the current path, when someone listens."""
+        if self.events is not None:
+            self.events(Event(kind, self.where(), **fields))
 
     def check_cancel(self) -> None:
         """Stop the run when its token was cancelled."""
@@ -193,6 +233,20 @@ def missing_message(node: str, missing: tuple[str, ...]) -> str:
     return (
         f"`{node}` is missing required {what} {listed}. "
         f"Pass {it} to `run(...)` or bind {it} with `.bind(...)`."
+    )
+
+
+def make_run(
+    on_step: OnStep | None = None,
+    events: Callable[[Event], None] | None = None,
+    cancel: CancelToken | None = None,
+    cache: Cache | None = None,
+) -> Run:
+    """The context for one run: the shared fast one when nothing is asked for."""
+    if on_step is None and events is None and cancel is None and cache is None:
+        return FAST
+    return Run(
+        on_step=() if on_step is None else (on_step,), events=events, cancel=cancel, cache=cache
     )
 
 

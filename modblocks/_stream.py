@@ -17,6 +17,7 @@ from ._run import Run, run_node
 from ._state import State
 
 if TYPE_CHECKING:
+    from ._cache import Cache
     from ._node import Node
 
 __all__ = ["stream"]
@@ -34,12 +35,18 @@ def _grad_modes() -> tuple[bool, bool] | None:
 
 
 def stream(
-    node: Node, state: Mapping[str, Any] | None, inputs: Mapping[str, Any]
+    node: Node,
+    state: Mapping[str, Any] | None,
+    inputs: Mapping[str, Any],
+    *,
+    cache: Cache | None = None,
+    inference_mode: bool = False,
 ) -> Iterator[State]:
     """Run *node*, yielding the state after each loop step and the final state last."""
     to_consumer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
     to_worker: queue.Queue[bool] = queue.Queue(maxsize=1)
-    modes = _grad_modes()  # torch's grad and inference modes are per thread: carry them over
+    # torch's grad and inference modes are per thread: carry the caller's over to the worker.
+    modes = (False, True) if inference_mode else _grad_modes()
 
     def sink(step_state: State) -> None:
         to_consumer.put(("step", step_state))
@@ -52,9 +59,9 @@ def stream(
                 import torch
 
                 with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
-                    final = run_node(node, state, inputs, Run(sink=sink))
+                    final = run_node(node, state, inputs, Run(sink=sink, cache=cache))
             else:
-                final = run_node(node, state, inputs, Run(sink=sink))
+                final = run_node(node, state, inputs, Run(sink=sink, cache=cache))
         except _Closed:
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer to raise

@@ -81,6 +81,7 @@ def type_name(tp: Any) -> str:
     """Spell an annotation the way a user wrote it: ``torch.Tensor``, ``list[int] | None``.
 
     Example:
+        >>> import collections.abc
         >>> type_name(int), type_name(collections.abc.Sequence), type_name(list[int] | None)
         ('int', 'collections.abc.Sequence', 'list[int] | None')
     """

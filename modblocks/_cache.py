@@ -1,0 +1,304 @@
+"""Incremental re-execution: block results stored under keys made from their inputs.
+
+A block's key is a digest of its identity (code, name, renames, bound values, defaults) and
+of one 16-byte digest per input: the key of the block that produced the value (a Merkle
+chain), or a fingerprint of a value given by the caller. Each key costs O(inputs), never a
+walk over the ancestors, so a fully cached chain stays linear in its length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import sys
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, cast
+
+import attrs
+
+__all__ = ["Cache", "CacheStats", "fingerprint", "identity_digest", "touch"]
+
+_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+_ABSENT = b"\x00absent\x00" * 2  # 16 bytes: an optional input that was not given
+_tokens: dict[int, tuple[weakref.ref[Any], bytes, int]] = {}
+_tokens_lock = threading.Lock()
+_counter = itertools.count()
+
+
+def _digest(*parts: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def fresh_key() -> bytes:
+    """A key that matches nothing before it: for values made by blocks that can't be cached."""
+    return os.urandom(16)
+
+
+def _token(obj: Any) -> bytes | None:
+    """A digest naming *obj* for as long as it lives (and its library version), or None."""
+    key = id(obj)
+    entry = _tokens.get(key)
+    if entry is not None and entry[0]() is obj:
+        return _digest(entry[1], entry[2].to_bytes(8, "little"))
+
+    def forget(_: object, key: int = key) -> None:
+        _tokens.pop(key, None)
+
+    try:
+        ref = weakref.ref(obj, forget)
+    except TypeError:
+        return None  # not weak-referenceable: can't tell a new object from a reused address
+    token = next(_counter).to_bytes(8, "little") + os.urandom(8)
+    with _tokens_lock:
+        _tokens[key] = (ref, token, 0)
+    return _digest(token, (0).to_bytes(8, "little"))
+
+
+def touch(obj: Any) -> None:
+    """Mark *obj* (a component) as changed, so cached results that read it are not reused.
+
+    `Pipeline.to` and `Pipeline.with_components` do this for you; call it after changing a
+    model's weights in place (loading LoRA weights, fusing, ...).
+    """
+    entry = _tokens.get(id(obj))
+    if entry is not None and entry[0]() is obj:
+        with _tokens_lock:
+            _tokens[id(obj)] = (entry[0], entry[1], entry[2] + 1)
+
+
+def fingerprint(value: Any, *, hash_tensors: bool = False) -> bytes | None:
+    """Digest a value: plain values by value, tensors by identity and version, or None.
+
+    None means "can't be fingerprinted": the block reading it is not served from a cache.
+
+    Example:
+        >>> fingerprint(3) == fingerprint(3), fingerprint(3) == fingerprint(3.0)
+        (True, False)
+    """
+    kind: type[object] = type(cast("object", value))
+    if kind in _PLAIN:
+        return _digest(kind.__name__.encode(), repr(value).encode())
+    if kind in (tuple, list):
+        parts = [fingerprint(v, hash_tensors=hash_tensors) for v in value]
+        if any(p is None for p in parts):
+            return None
+        return _digest(kind.__name__.encode(), *(p for p in parts if p is not None))
+    if kind is dict:
+        items = [
+            (fingerprint(k), fingerprint(v, hash_tensors=hash_tensors)) for k, v in value.items()
+        ]
+        if any(k is None or v is None for k, v in items):
+            return None
+        return _digest(b"dict", *(k + v for k, v in items if k is not None and v is not None))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(value, torch.Tensor):
+            return _tensor_fingerprint(value, hash_tensors=hash_tensors)
+        if isinstance(value, torch.Generator):
+            state = value.get_state()
+            return _digest(b"generator", state.numpy().tobytes())
+    token = _token(value)
+    return None if token is None else _digest(b"object", token)
+
+
+def _tensor_fingerprint(tensor: Any, *, hash_tensors: bool) -> bytes | None:
+    meta = f"{tuple(tensor.shape)}|{tensor.dtype}|{tensor.device}".encode()
+    if hash_tensors:
+        data = tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8)
+        return _digest(b"content", meta, data.numpy().tobytes())
+    token = _token(tensor)
+    if token is None:
+        return None
+    # Inference tensors keep no version counter; they are still named by identity.
+    version = 0 if tensor.is_inference() else tensor._version
+    return _digest(b"tensor", meta, token, version.to_bytes(8, "little"))
+
+
+def identity_digest(*parts: Any) -> bytes:
+    """Digest what makes a block itself: its code, names, defaults and bound values."""
+    pieces: list[bytes] = []
+    for part in parts:
+        if callable(part) and hasattr(part, "__code__"):
+            code = part.__code__
+            pieces += [
+                f"{part.__module__}.{part.__qualname__}".encode(),
+                code.co_code,
+                repr(code.co_consts).encode(),
+                repr(code.co_names).encode(),
+            ]
+            continue
+        fp = fingerprint(part)
+        pieces.append(fp if fp is not None else fresh_key())
+    return _digest(*pieces)
+
+
+def generators_in(values: Iterable[Any]) -> list[Any]:
+    """The torch generators among *values* (alone or in lists), in order."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    found: list[Any] = []
+    for value in values:
+        items = value if type(value) in (list, tuple) else (value,)
+        found += [g for g in items if isinstance(g, torch.Generator)]
+    return found
+
+
+def nbytes(values: Iterable[Any]) -> int:
+    """The bytes of the tensors among *values* (alone or in lists and tuples)."""
+    torch = sys.modules.get("torch")
+    total = 0
+    for value in values:
+        if type(value) in (list, tuple):
+            total += nbytes(value)
+        elif torch is not None and isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+    return total
+
+
+@attrs.frozen
+class CacheStats:
+    """Counters of a `Cache`: hits, misses, stored entries and bytes, evictions."""
+
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    evictions: int
+
+
+@attrs.frozen
+class _Entry:
+    outputs: tuple[Any, ...]
+    generator_states: tuple[Any, ...]
+    nbytes: int
+
+
+class Cache:
+    """Stores block results by key so unchanged blocks are not run again.
+
+    Pass it as ``mb.Pipeline(..., cache=mb.Cache())`` or ``node.run(..., cache=cache)``. A
+    block whose code, inputs and components are unchanged returns its stored outputs; change
+    the seed and only the blocks that read the generator (and what follows them) run again.
+
+    Args:
+        max_entries: the most results kept (least recently used go first); None for no limit.
+        max_bytes: the most tensor bytes kept; None for no limit.
+        hash_tensors: fingerprint tensors by content (exact, costs a pass over the data)
+            instead of by identity and version counter (free, the default).
+        check_inplace: raise when a block changes one of its input tensors in place, which
+            would corrupt results cached or shared with earlier states.
+
+    Example:
+        >>> cache = Cache(max_entries=100)
+        >>> cache.stats().entries
+        0
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int | None = 1024,
+        max_bytes: int | None = None,
+        hash_tensors: bool = False,
+        check_inplace: bool = False,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.hash_tensors = hash_tensors
+        self.check_inplace = check_inplace
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._bytes = self._evictions = 0
+
+    def get(self, key: bytes) -> _Entry | None:
+        """Return the entry stored under *key* (and mark it recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+            return entry
+
+    def put(self, key: bytes, outputs: tuple[Any, ...], generator_states: tuple[Any, ...]) -> None:
+        """Store *outputs* under *key*, evicting the least recently used beyond the limits."""
+        size = nbytes(outputs)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[key] = _Entry(outputs, generator_states, size)
+            self._bytes += size
+            while self._entries and (
+                (self.max_entries is not None and len(self._entries) > self.max_entries)
+                or (self.max_bytes is not None and self._bytes > self.max_bytes)
+            ):
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+                self._evictions += 1
+
+    def clear(self) -> None:
+        """Drop every stored result (the counters stay)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def stats(self) -> CacheStats:
+        """Return the hits, misses, entries, bytes and evictions so far."""
+        with self._lock:
+            return CacheStats(
+                self._hits, self._misses, len(self._entries), self._bytes, self._evictions
+            )
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return f"Cache(entries={s.entries}, bytes={s.bytes}, hits={s.hits}, misses={s.misses})"
+
+
+def key_of(
+    keys: dict[str, bytes], values: dict[str, Any], name: str, hash_tensors: bool
+) -> bytes | None:
+    """The digest of the value called *name*: its producer's key, else its fingerprint."""
+    known = keys.get(name)
+    if known is not None:
+        return known
+    if name not in values:
+        return _ABSENT
+    value = values[name]
+    fp = fingerprint(value, hash_tensors=hash_tensors)
+    if fp is not None and not generators_in((value,)):
+        keys[name] = fp  # a generator's digest changes as blocks draw from it: never kept
+    return fp
+
+
+def unit_key(
+    identity: bytes,
+    names: Iterable[str],
+    keys: dict[str, bytes],
+    values: dict[str, Any],
+    hash_tensors: bool,
+) -> bytes | None:
+    """The key of a block or loop: its identity and its inputs' digests, or None."""
+    parts = [identity]
+    for name in names:
+        part = key_of(keys, values, name, hash_tensors)
+        if part is None:
+            return None
+        parts.append(part)
+    return _digest(*parts)
+
+
+def output_key(key: bytes, position: int) -> bytes:
+    """The key of output number *position* of the unit whose key is *key*."""
+    return _digest(key, position.to_bytes(4, "little"))

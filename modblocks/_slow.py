@@ -1,0 +1,134 @@
+"""The block-by-block path of a run: events, cancellation, caching and the in-place check.
+
+Runs without any of these never come here: they take the compiled straight-line path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._cache import fresh_key, generators_in, output_key, unit_key
+from ._run import BLOCK, Exec, Failure, Run, Values
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+__all__ = ["cached_unit", "slow_block"]
+
+
+def slow_block(block: Node, fast: Exec) -> Exec:
+    """Wrap a block's compiled function with events, cancellation and the cache."""
+    inputs = tuple(s.name for s in block._iface.inputs)
+    outputs = tuple(s.name for s in block.outputs)
+    bound = block._iface.bound
+    cacheable: bool = getattr(block, "cache", True)
+
+    def run_slow(values: Values, run: Run) -> None:
+        run.check_cancel()
+        if run.cache is None or run.uncached:
+            _timed(fast, values, run, inputs, None)
+            return
+        key = (
+            unit_key(block._identity, inputs, run.keys, values, run.cache.hash_tensors)
+            if cacheable
+            else None
+        )
+        if key is not None and _serve(run, key, values, outputs, inputs):
+            return
+        generators = generators_in(values[n] for n in inputs if n in values)
+        _timed(fast, values, run, inputs, run.cache if run.cache.check_inplace else None)
+        _remember(run, key, values, outputs, bound, generators)
+
+    return run_slow
+
+
+def cached_unit(node: Node, body: Exec, values: Values, run: Run) -> None:
+    """Run a loop as one cached unit: served whole, or run with its insides uncached."""
+    cache = run.cache
+    assert cache is not None
+    inputs = tuple(s.name for s in node._iface.inputs)
+    outputs = tuple(s.name for s in node.outputs)
+    key = unit_key(node._identity, inputs, run.keys, values, cache.hash_tensors)
+    if key is not None and _serve(run, key, values, outputs, inputs):
+        return
+    generators = generators_in(values[n] for n in inputs if n in values)
+    run.uncached += 1
+    try:
+        body(values, run)
+    finally:
+        run.uncached -= 1
+    _remember(run, key, values, outputs, node._iface.bound, generators)
+
+
+def _serve(
+    run: Run, key: bytes, values: Values, outputs: tuple[str, ...], inputs: tuple[str, ...]
+) -> bool:
+    assert run.cache is not None
+    entry = run.cache.get(key)
+    if entry is None:
+        return False
+    for position, (name, value) in enumerate(zip(outputs, entry.outputs, strict=True)):
+        values[name] = value
+        run.keys[name] = output_key(key, position)
+    # Leave the generators as running the unit would have: later draws stay the same.
+    generators = generators_in(values[n] for n in inputs if n in values)
+    for generator, state in zip(generators, entry.generator_states, strict=False):
+        generator.set_state(state)
+    run.emit("cached")
+    return True
+
+
+def _remember(
+    run: Run,
+    key: bytes | None,
+    values: Values,
+    outputs: tuple[str, ...],
+    bound: tuple[str, ...],
+    generators: list[Any],
+) -> None:
+    assert run.cache is not None
+    for name in bound:
+        run.keys.pop(name, None)
+    if key is None:
+        for name in outputs:
+            run.keys[name] = fresh_key()  # unknown provenance: nothing after it may be reused
+        return
+    produced = tuple(values.get(name) for name in outputs)
+    run.cache.put(key, produced, tuple(g.get_state() for g in generators))
+    for position, name in enumerate(outputs):
+        run.keys[name] = output_key(key, position)
+
+
+def _timed(fast: Exec, values: Values, run: Run, inputs: tuple[str, ...], check: Any) -> None:
+    before = _contents(values, inputs) if check is not None else None
+    run.emit("started")
+    start = time.perf_counter()
+    fast(values, run)
+    run.emit("finished", seconds=time.perf_counter() - start)
+    if before is not None:
+        changed = [n for n, digest in _contents(values, inputs).items() if before.get(n) != digest]
+        changed = [n for n in changed if n in before]
+        if changed:
+            listed = ", ".join(f"`{n}`" for n in changed)
+            msg = (
+                f"changed its input {listed} in place. Values are shared between states and "
+                "cached results, so a block must return new tensors (use `x = x + 1`, not "
+                "`x += 1`, or `.clone()` first)."
+            )
+            raise Failure(BLOCK, RuntimeError(msg))
+
+
+def _contents(values: Values, inputs: tuple[str, ...]) -> dict[str, bytes]:
+    import torch
+
+    from ._cache import fingerprint
+
+    digests: dict[str, bytes] = {}
+    for name in inputs:
+        value = values.get(name)
+        if isinstance(value, torch.Tensor):
+            digest = fingerprint(value, hash_tensors=True)
+            if digest is not None:
+                digests[name] = digest
+    return digests
