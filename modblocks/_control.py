@@ -10,7 +10,7 @@ from typing import Any, cast
 import attrs
 
 from ._cache import fresh_key
-from ._node import PRODUCED, Interface, Node, _check_identifier
+from ._node import PRODUCED, Composite, Interface, Node, _check_identifier
 from ._progress import open_bar
 from ._run import BLOCK, MISSING, Exec, Failure, OnStep, Run, Step, Values, format_path
 from ._sequential import unique_names
@@ -23,7 +23,7 @@ __all__ = ["Loop", "Switch", "loop", "switch"]
 
 
 @attrs.frozen(slots=False, eq=False, repr=False)
-class Switch(Node):
+class Switch(Composite):
     """Runs one of several branches, chosen at run time (diffusers' AutoPipelineBlocks).
 
     Made by `switch`. Inputs are the union of the branches' inputs; one is required only when
@@ -239,7 +239,7 @@ def switch(
 
 
 @attrs.frozen(slots=False, eq=False, repr=False)
-class Loop(Node):
+class Loop(Composite):
     """Runs a body once per element of a value (diffusers' LoopSequentialPipelineBlocks).
 
     Made by `loop`. What the body outputs is carried into the next step and left in the state

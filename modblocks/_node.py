@@ -273,8 +273,16 @@ def _check_identifier(name: str, node: str) -> None:
         raise WiringError(msg, name=str(name), consumer=node)
 
 
+class Composite(Node):
+    """A node made of other nodes; calling it runs it (blocks, instead, call their function)."""
+
+    def __call__(self, state: Mapping[str, Any] | None = None, /, **inputs: Any) -> State:
+        """Run the node (see `run`) and return the final `State`."""
+        return self.run(state, **inputs)
+
+
 @attrs.frozen(slots=False, eq=False, repr=False)
-class Adapted(Node):
+class Adapted(Composite):
     """A node seen through renamed values and bound inputs (made by `rename` and `bind`)."""
 
     node: Node

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from types import MappingProxyType
 from typing import Any, cast, overload
 
@@ -109,6 +110,35 @@ class Pipeline:
         if isinstance(output, str):
             return _pick(state, output, self.blocks)
         return tuple(_pick(state, name, self.blocks) for name in output)
+
+    def map(
+        self,
+        inputs: Iterable[Mapping[str, Any]],
+        *,
+        executor: Executor | None = None,
+        batch_size: int = 1,
+        output: str | Sequence[str] | None = "images",
+        ordered: bool = True,
+    ) -> list[Any]:
+        """Run the pipeline over many input dicts, locally or on a `concurrent.futures.Executor`.
+
+        Args:
+            inputs: one mapping of inputs per item.
+            executor: where to run: None runs in this process (with a progress bar); any
+                `concurrent.futures.Executor` works (threads, processes, Dask's
+                ``client.get_executor()``).
+            batch_size: items stacked into one pipeline call where the inputs allow it.
+            output: what to return per item, as for `__call__`.
+            ordered: return results in input order (the default) or as they finish.
+
+        Returns:
+            One result per item.
+        """
+        from ._map import map_pipeline
+
+        return map_pipeline(
+            self, inputs, executor=executor, batch_size=batch_size, output=output, ordered=ordered
+        )
 
     def stream(self, state: Mapping[str, Any] | None = None, /, **inputs: Any) -> Iterator[State]:
         """Run, yielding the state after each loop step and the final state (see `Node.stream`)."""

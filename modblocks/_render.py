@@ -140,13 +140,13 @@ def render_markdown(node: Node) -> str:
 def render_mermaid(node: Node) -> str:
     """Draw the data flow of a node as a mermaid flowchart."""
     drawing = _Drawing()
-    produced: dict[str, str] = {}
+    produced: dict[str, list[str]] = {}
     drawing.walk(node, node._label, produced)
     for name in (s.name for s in node.outputs):
         if name in produced and name not in drawing.consumed:
             out_id = drawing.new_id("out")
             drawing.lines.append(f'    {out_id}(["{name}"])')
-            drawing.lines.append(f"    {produced[name]} --> {out_id}")
+            drawing.lines += [f"    {source} --> {out_id}" for source in produced[name]]
     return "\n".join(["flowchart LR", *drawing.lines])
 
 
@@ -160,7 +160,7 @@ class _Drawing:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self.counter)}"
 
-    def walk(self, node: Node, name: str, produced: dict[str, str]) -> None:
+    def walk(self, node: Node, name: str, produced: dict[str, list[str]]) -> None:
         from ._control import Loop, Switch
 
         children = node._children()
@@ -173,25 +173,28 @@ class _Drawing:
             label = f"{name}: for each {node.over}"
         self.lines.append(f'    subgraph {sub}["{label}"]')
         if isinstance(node, Switch):
-            merged: dict[str, str] = {}
+            # Each branch starts from what came before; afterwards a value may come from any.
+            merged: dict[str, list[str]] = {}
             for child_name, child in children:
                 branch = dict(produced)
                 self.walk(child, child_name, branch)
-                merged.update({k: v for k, v in branch.items() if produced.get(k) != v})
+                for key, sources in branch.items():
+                    if produced.get(key) is not sources:
+                        merged.setdefault(key, []).extend(sources)
             produced.update(merged)
         else:
             for child_name, child in children:
                 self.walk(child, child_name, produced)
         self.lines.append("    end")
 
-    def leaf(self, node: Node, name: str, produced: dict[str, str]) -> None:
+    def leaf(self, node: Node, name: str, produced: dict[str, list[str]]) -> None:
         block_id = self.new_id("b")
         self.lines.append(f'    {block_id}["{name}"]')
         for spec in node._iface.inputs:
             if spec.kind != "input":
                 continue
             if spec.name in produced:
-                self.lines.append(f"    {produced[spec.name]} -->|{spec.name}| {block_id}")
+                self.lines += [f"    {p} -->|{spec.name}| {block_id}" for p in produced[spec.name]]
                 self.consumed.add(spec.name)
             else:
                 if spec.name not in self.inputs:
@@ -199,5 +202,5 @@ class _Drawing:
                     self.lines.append(f'    {self.inputs[spec.name]}(["{spec.name}"])')
                 self.lines.append(f"    {self.inputs[spec.name]} --> {block_id}")
         for out in node.outputs:
-            produced[out.name] = block_id
+            produced[out.name] = [block_id]
             self.consumed.discard(out.name)

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from ._block import Block
-from ._node import Interface, Node, _check_identifier
+from ._node import Composite, Interface, Node, _check_identifier
 from ._run import Exec, Failure, Run, Values, did_you_mean
 from ._specs import COMPONENT, CONFIG, INPUT, InputSpec, OutputSpec
 from ._typecheck import is_compatible, type_name
@@ -51,7 +51,7 @@ def unique_names(names: Iterable[str]) -> tuple[str, ...]:
 
 
 @attrs.frozen(slots=False, eq=False, repr=False)
-class Sequential(Node):
+class Sequential(Composite):
     """Nodes that run in order; each reads what the ones before it produced.
 
     Made with ``a >> b``, ``Sequential([a, b])`` or `from_dict`. Anonymous sequences are
@@ -89,10 +89,6 @@ class Sequential(Node):
     @property
     def description(self) -> str:
         return ""
-
-    def __call__(self, state: Mapping[str, Any] | None = None, /, **inputs: Any) -> Any:
-        """Run the sequence (see `run`) and return the final `State`."""
-        return self.run(state, **inputs)
 
     # -- editing: each returns a new sequence ------------------------------------------------
 

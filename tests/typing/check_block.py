@@ -1,8 +1,6 @@
 """Checked by mypy --strict and pyright strict (never run): blocks keep their types."""
 
-from typing import NamedTuple
-
-from typing_extensions import assert_type
+from typing import NamedTuple, assert_type
 
 import modblocks as mb
 

@@ -1,8 +1,6 @@
 """Checked by mypy --strict and pyright strict (never run): composing keeps node types."""
 
-from typing import Any
-
-from typing_extensions import assert_type
+from typing import Any, assert_type
 
 import modblocks as mb
 
@@ -26,7 +24,7 @@ assert_type(seq.names, tuple[str, ...])
 assert_type(mb.switch({"x": f}, default=g), mb.Switch)
 assert_type(mb.loop(seq, over="xs"), mb.Loop)
 assert_type(seq.run(x=1), mb.State)
-assert_type(seq(x=1), Any)
+assert_type(seq(x=1), mb.State)
 state = seq.run(x=1)
 assert_type(state["z"], Any)
 assert_type(state.evolve(z=3), mb.State)
