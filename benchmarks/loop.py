@@ -13,8 +13,8 @@ and every contender iterates the same one. Contenders:
 
 * **hand-written**: ``for i, t in enumerate(timesteps)`` calling the three functions.
 * **modblocks**: ``mb.loop(scale_input >> fake_unet >> scheduler_step, over="timesteps",
-  index="i", item="t", progress=...)``, called as ``denoise.run(latents=x,
-  timesteps=ts)["latents"]``.
+  index="i", item="t", progress=False)`` (or ``progress=True``), called as
+  ``denoise.run(latents=x, timesteps=ts)["latents"]``.
 * **diffusers**: a ``LoopSequentialPipelineBlocks`` subclass with the three sub-blocks,
   whose ``__call__`` follows the SDXL modular denoise loop (``get_block_state``, then
   ``with self.progress_bar(total=...)`` around ``self.loop_step(components, block_state,
@@ -34,8 +34,12 @@ setting arrived.
 
 The table reports milliseconds per run, the overhead per step (run time minus the
 hand-written run time, divided by T) and how many times modblocks' per-step overhead
-diffusers' is. All contenders run interleaved in one process (see ``_harness.py``); each
-number is the median over rounds. Run it from the repository root::
+diffusers' is. All contenders run interleaved in one process (see ``_harness.py``). Times
+per run are the median over rounds (``--statistic min`` for the minimum); overheads
+are the median over rounds of the difference to the hand-written loop measured in the
+same round. The torch ops cost far more than the frameworks here, so the overheads are
+small differences of large numbers: on a busy machine, expect them to move by a few µs
+between runs. Run it from the repository root::
 
     python benchmarks/loop.py            # full run, about a minute
     python benchmarks/loop.py --quick    # smoke run, numbers are noisy
@@ -43,9 +47,9 @@ number is the median over rounds. Run it from the repository root::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -68,10 +72,17 @@ except ImportError:  # pragma: no cover - depends on how the script is started
     import _harness  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 STEP_COUNTS: tuple[int, ...] = (50, 1000)
 SHAPE: tuple[int, ...] = (1, 4, 8, 8)
+CONTENDERS: tuple[str, ...] = (
+    "hand-written",
+    "modblocks",
+    "diffusers",
+    "modblocks + bar",
+    "diffusers + bar",
+)
 
 Thunk = Callable[[], torch.Tensor]
 
@@ -91,7 +102,7 @@ def scale_input(latents: torch.Tensor) -> torch.Tensor:
     return latents * 1.0
 
 
-def fake_unet(latent_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def fake_unet(latent_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: ARG001 - a UNet takes t
     """Stand in for the denoiser.
 
     Args:
@@ -161,32 +172,49 @@ def modblocks_loop(mb: Any, *, progress: bool) -> Any:
     return mb.loop(body, over="timesteps", index="i", item="t", progress=progress)
 
 
-def build_modblocks(mb: Any, steps: int, *, progress: bool) -> Thunk:
+def build_modblocks(mb: Any, steps: int, sink: io.StringIO | None) -> Thunk:
     """Return a thunk running the modblocks loop over ``steps`` timesteps.
 
-    With ``progress=True`` the bar goes to a throwaway ``io.StringIO`` set through
-    ``mb.progress(file=...)``.
+    Args:
+        mb: The ``modblocks`` module.
+        steps: Number of timesteps.
+        sink: ``None`` for a loop without a bar (``progress=False``); else the file that
+            ``mb.progress(file=...)`` sent the bars to, checked to really receive one.
+
+    Returns:
+        A thunk calling ``denoise.run(latents=x, timesteps=ts)["latents"]``.
     """
-    if progress:
-        mb.progress(file=io.StringIO())
-    denoise = modblocks_loop(mb, progress=progress)
+    denoise = modblocks_loop(mb, progress=sink is not None)
     latents, timesteps = make_inputs(steps)
     run = denoise.run
 
     def call() -> torch.Tensor:
         return run(latents=latents, timesteps=timesteps)["latents"]
 
+    _check_bar(call, sink or io.StringIO(), progress=sink is not None)
     return call
+
+
+def _check_bar(call: Thunk, sink: io.StringIO, *, progress: bool) -> None:
+    """Run ``call`` once and check that a bar was drawn into ``sink`` exactly when expected.
+
+    Raises:
+        RuntimeError: If a bar was drawn though disabled, or not drawn though enabled.
+    """
+    before = sink.tell()
+    call()
+    if (sink.tell() > before) != progress:
+        msg = f"progress bar {'not ' if progress else ''}drawn with progress={progress}"
+        raise RuntimeError(msg)
 
 
 # --------------------------------------------------------------------------- diffusers
 
 
 def quiet_diffusers() -> None:
-    """Silence diffusers' logging and its warning about unexpected inputs."""
+    """Silence diffusers' logging (errors only) and its download progress bars."""
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message="Unexpected input")
 
 
 class ScaleInput(ModularPipelineBlocks):
@@ -206,8 +234,8 @@ class ScaleInput(ModularPipelineBlocks):
         self,
         components: ModularPipeline,
         block_state: BlockState,
-        i: int,
-        t: torch.Tensor,
+        i: int,  # noqa: ARG002 - diffusers' loop-step signature
+        t: torch.Tensor,  # noqa: ARG002 - diffusers' loop-step signature
     ) -> tuple[ModularPipeline, BlockState]:
         """Run the step on the loop's shared block state."""
         block_state.latent_in = scale_input(block_state.latents)
@@ -226,7 +254,7 @@ class FakeUnet(ModularPipelineBlocks):
         self,
         components: ModularPipeline,
         block_state: BlockState,
-        i: int,
+        i: int,  # noqa: ARG002 - diffusers' loop-step signature
         t: torch.Tensor,
     ) -> tuple[ModularPipeline, BlockState]:
         """Run the step on the loop's shared block state."""
@@ -246,8 +274,8 @@ class SchedulerStep(ModularPipelineBlocks):
         self,
         components: ModularPipeline,
         block_state: BlockState,
-        i: int,
-        t: torch.Tensor,
+        i: int,  # noqa: ARG002 - diffusers' loop-step signature
+        t: torch.Tensor,  # noqa: ARG002 - diffusers' loop-step signature
     ) -> tuple[ModularPipeline, BlockState]:
         """Run the step on the loop's shared block state."""
         block_state.latents = scheduler_step(block_state.latents, block_state.noise_pred)
@@ -298,12 +326,14 @@ def build_diffusers(steps: int, *, progress: bool) -> Thunk:
         A thunk calling ``pipe(latents=x, timesteps=ts, output="latents")``.
 
     Raises:
-        RuntimeError: If ``set_progress_bar_config`` did not reach the loop block.
+        RuntimeError: If ``set_progress_bar_config`` did not reach the loop block, or the
+            bar is not drawn (or drawn) as configured.
     """
     quiet_diffusers()
     blocks = SequentialPipelineBlocks.from_blocks_dict({"denoise": DenoiseLoop()})
     pipe = blocks.init_pipeline()
-    config: dict[str, Any] = {"file": io.StringIO()} if progress else {"disable": True}
+    sink = io.StringIO()
+    config: dict[str, Any] = {"file": sink} if progress else {"disable": True}
     pipe.set_progress_bar_config(**config)
     # `pipe.blocks` is a deep copy; look at the blocks the pipeline really runs.
     if getattr(pipe._blocks.sub_blocks["denoise"], "_progress_bar_config", None) != config:
@@ -314,16 +344,26 @@ def build_diffusers(steps: int, *, progress: bool) -> Thunk:
     def call() -> torch.Tensor:
         return pipe(latents=latents, timesteps=timesteps, output="latents")
 
+    _check_bar(call, sink, progress=progress)
     return call
 
 
 # --------------------------------------------------------------------------- measuring
 
 
+@contextlib.contextmanager
+def _no_progress(**_options: object) -> Iterator[None]:
+    """Stand in for ``mb.progress`` when modblocks lacks it."""
+    yield
+
+
 def measure(
     mb: Any, steps: int, settings: _harness.Settings, notes: dict[str, str]
-) -> dict[str, float]:
+) -> dict[str, _harness.Timing]:
     """Time every contender for one step count.
+
+    modblocks' bars go to a throwaway file through its global ``mb.progress(file=...)``,
+    used as a context manager so that the setting is restored afterwards.
 
     Args:
         mb: The ``modblocks`` module, or ``None`` when it is not usable.
@@ -332,7 +372,7 @@ def measure(
         notes: Collects reasons why a contender is ``n/a``.
 
     Returns:
-        Contender name to median microseconds per run (contenders that failed are absent).
+        Contender name to its timing (contenders that failed are absent).
     """
     latents, timesteps = make_inputs(steps)
     expected = hand_loop(latents, timesteps)
@@ -340,27 +380,32 @@ def measure(
     def hand() -> torch.Tensor:
         return hand_loop(latents, timesteps)
 
+    sink = io.StringIO()
     builders: dict[str, Callable[[], Thunk]] = {}
     if mb is not None:
-        builders["modblocks"] = functools.partial(build_modblocks, mb, steps, progress=False)
-        builders["modblocks + bar"] = functools.partial(build_modblocks, mb, steps, progress=True)
+        builders["modblocks"] = functools.partial(build_modblocks, mb, steps, None)
+        if hasattr(mb, "progress"):
+            builders["modblocks + bar"] = functools.partial(build_modblocks, mb, steps, sink)
+        else:
+            notes["modblocks + bar"] = "`modblocks` has no `progress`"
     builders["diffusers"] = functools.partial(build_diffusers, steps, progress=False)
     builders["diffusers + bar"] = functools.partial(build_diffusers, steps, progress=True)
 
-    thunks: dict[str, Thunk] = {"hand-written": hand}
-    for name, build in builders.items():
-        try:
-            thunk = build()
-            result = thunk()
-        except Exception as exc:  # noqa: BLE001 - report and carry on with the others
-            notes.setdefault(name, f"{type(exc).__name__}: {exc}")
-            continue
-        if not (isinstance(result, torch.Tensor) and torch.equal(result, expected)):
-            notes.setdefault(name, "result differs from the hand-written loop's")
-            continue
-        thunks[name] = thunk
-    timings = _harness.measure_interleaved(thunks, settings)
-    return {name: timing.median_us for name, timing in timings.items()}
+    configure = mb.progress if mb is not None and hasattr(mb, "progress") else _no_progress
+    with configure(file=sink):
+        thunks: dict[str, Thunk] = {"hand-written": hand}
+        for name, build in builders.items():
+            try:
+                thunk = build()
+                result = thunk()
+            except Exception as exc:  # noqa: BLE001 - report and carry on with the others
+                notes.setdefault(name, f"{type(exc).__name__}: {exc}")
+                continue
+            if not (isinstance(result, torch.Tensor) and torch.equal(result, expected)):
+                notes.setdefault(name, "result differs from the hand-written loop's")
+                continue
+            thunks[name] = thunk
+        return _harness.measure_interleaved(thunks, settings)
 
 
 def loop_table(mb: Any, settings: _harness.Settings, notes: dict[str, str]) -> str:
@@ -376,28 +421,22 @@ def loop_table(mb: Any, settings: _harness.Settings, notes: dict[str, str]) -> s
     """
     rows: list[list[str]] = []
     for steps in STEP_COUNTS:
-        us = measure(mb, steps, settings, notes)
-        base = us["hand-written"]
-        per_step = {name: (value - base) / steps for name, value in us.items()}
-        for name in (
-            "hand-written",
-            "modblocks",
-            "diffusers",
-            "modblocks + bar",
-            "diffusers + bar",
-        ):
+        timings = measure(mb, steps, settings, notes)
+        per_step: dict[str, float] = {}
+        for name in timings:
+            overhead = _harness.paired_us(timings, {name: 1, "hand-written": -1})
+            if overhead is not None:
+                per_step[name] = overhead / steps
+        for name in CONTENDERS:
+            reference = per_step.get(name.replace("diffusers", "modblocks"))
             ratio = None
-            if name.startswith("diffusers"):
-                reference = per_step.get(name.replace("diffusers", "modblocks"))
-                if reference and reference > 0 and name in per_step:
-                    ratio = per_step[name] / reference
-            elif name.startswith("modblocks") and name in per_step:
-                ratio = 1.0
-            value = us.get(name)
+            if name in per_step and name != "hand-written" and reference and reference > 0:
+                ratio = per_step[name] / reference
+            timing = timings.get(name)
             rows.append(
                 [
                     f"T={steps} {name}",
-                    _harness.fmt(None if value is None else value / 1_000, 3),
+                    _harness.fmt(None if timing is None else timing.us / 1_000, 3),
                     "baseline" if name == "hand-written" else _harness.fmt(per_step.get(name)),
                     _harness.fmt(ratio),
                 ]
@@ -417,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit status.
     """
     settings = _harness.parse_settings(
-        argv, __doc__.splitlines()[0], _harness.Settings(batch_ns=50_000_000)
+        argv, __doc__.splitlines()[0], _harness.Settings(rounds=40, batch_ns=5_000_000)
     )
     mb, why = _harness.optional_import("modblocks", ("block", "loop"))
     notes: dict[str, str] = {}
@@ -425,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes["modblocks"] = why
 
     _harness.emit(_harness.environment(["modblocks", "diffusers", "torch", "tqdm"]))
-    _harness.emit(f"{settings.describe()}, torch threads=1\n")
+    _harness.emit(f"{settings.describe()}\n")
     _harness.emit(f"## Denoising-like loop, 3 sub-blocks per step, latents {tuple(SHAPE)}\n")
     with torch.no_grad():  # diffusers runs its blocks under no_grad; so does everyone here
         _harness.emit(loop_table(mb, settings, notes))

@@ -6,8 +6,8 @@ a single integer addition, so what is measured is the framework itself. Contende
 
 * **hand-written**: the N functions called directly, one after the other, in one
   generated function (``x1 = f0(x0); x2 = f1(x1); ...``). This is the baseline.
-* **modblocks**: ``mb.block(f_k, output="x_{k+1}")`` chained with ``>>``; one call is
-  ``seq.run(x0=1)["x_N"]``.
+* **modblocks**: ``mb.block(f_k, output="x_{k+1}")`` chained with ``>>`` (N = 1:
+  ``mb.Sequential([blk0])``); one call is ``seq.run(x0=1)["x_N"]``.
 * **diffusers**: N ``ModularPipelineBlocks`` subclasses written the way diffusers' own
   blocks are (``inputs`` / ``intermediate_outputs`` properties, ``get_block_state`` /
   ``set_block_state`` in ``__call__``), in a ``SequentialPipelineBlocks`` built with
@@ -18,20 +18,26 @@ a single integer addition, so what is measured is the framework itself. Contende
   ``pipeline("x_N", x0=1)`` and ``pipeline.func("x_N")(x0=1)`` both end up in.
 
 Table 1 reports microseconds per call, the overhead per block (per-call time minus the
-hand-written time, divided by N) and how many times modblocks' per-block overhead the
-other frameworks' is.
+hand-written time, divided by N; the difference is taken round by round, see
+``_harness.paired_us``) and how many times modblocks' per-block overhead the other
+frameworks' is.
 
 Table 2 asks whether a state step gets dearer as the state grows: a chain of N = 10
-(and N = 20, to get the marginal cost of one more block) starts from a state that
+(and N = 50, to get the marginal cost of one more block) starts from a state that
 already holds S = 10, 100, 1000 unrelated values. modblocks gets them as an initial
-``mb.State`` (``seq.run(state, x0=1)``); diffusers gets them as a pre-filled
-``PipelineState`` passed as ``pipe(state=..., x0=1, output="x_N")`` (diffusers warns
-about and drops unknown keyword inputs, so the ``state=`` argument is its only way in;
-note that ``ModularPipeline.__call__`` deep-copies that state on every call).
+``mb.State`` built once (``seq.run(state, x0=1)``); diffusers gets them as a
+``PipelineState`` filled once and passed as ``pipe(state=..., x0=1, output="x_N")``
+(diffusers warns about and drops unknown keyword inputs, so the ``state=`` argument is
+its only way in; ``ModularPipeline.__call__`` deep-copies that state on every call, and
+that copy is part of what is measured). The amortised column divides the whole overhead
+of a call by N; the marginal column is the extra cost of one more block, from the
+difference between the N = 50 and N = 10 chains.
 Table 3 times ``mb.State.evolve(x=...)`` at those sizes, next to a plain ``dict`` copy.
 
-All contenders run interleaved in one process (see ``_harness.py``); each number is the
-median over rounds. Run it from the repository root::
+All contenders run interleaved in one process (see ``_harness.py``). Times per call are
+the median over rounds (``--statistic min`` for the minimum); overheads are the median
+over rounds of the difference to the hand-written code measured in the same round. Run it
+from the repository root::
 
     python benchmarks/overhead.py            # full run, about a minute
     python benchmarks/overhead.py --quick    # smoke run, numbers are noisy
@@ -41,7 +47,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +71,7 @@ if TYPE_CHECKING:
 CHAIN_LENGTHS: tuple[int, ...] = (1, 10, 100)
 STATE_SIZES: tuple[int, ...] = (10, 100, 1000)
 STATE_CHAIN: int = 10
+MARGINAL_CHAIN: int = 50
 START: int = 1
 
 IntFn = Callable[[int], int]
@@ -89,7 +95,7 @@ def make_functions(n: int) -> list[IntFn]:
     """
     namespace: dict[str, Any] = {}
     for k in range(n):
-        exec(f"def f{k}(x{k}: int) -> int:\n    return x{k} + 1\n", namespace)  # noqa: S102
+        exec(f"def f{k}(x{k}: int) -> int:\n    return x{k} + 1\n", namespace)
     return [namespace[f"f{k}"] for k in range(n)]
 
 
@@ -105,7 +111,7 @@ def make_hand_chain(functions: Sequence[IntFn]) -> IntFn:
     n = len(functions)
     body = "".join(f"    x{k + 1} = f{k}(x{k})\n" for k in range(n))
     namespace: dict[str, Any] = {f"f{k}": fn for k, fn in enumerate(functions)}
-    exec(f"def chain(x0):\n{body}    return x{n}\n", namespace)  # noqa: S102
+    exec(f"def chain(x0):\n{body}    return x{n}\n", namespace)
     return namespace["chain"]
 
 
@@ -130,12 +136,12 @@ def modblocks_chain(mb: Any, n: int) -> Any:
         n: Number of blocks.
 
     Returns:
-        A ``mb.Sequential`` of the ``n`` blocks (or the block itself when ``n == 1``
-        and modblocks' ``>>`` has nothing to chain).
+        ``blk0 >> blk1 >> ...``, a ``mb.Sequential`` (``mb.Sequential([blk0])`` when
+        ``n == 1``: there is nothing to chain).
     """
     blocks = [mb.block(fn, output=f"x{k + 1}") for k, fn in enumerate(make_functions(n))]
-    if n == 1 and hasattr(mb, "Sequential"):
-        return mb.Sequential(blocks[0])
+    if n == 1:
+        return mb.Sequential(blocks)
     return functools.reduce(operator.rshift, blocks)
 
 
@@ -172,10 +178,9 @@ class AddOne{k}(ModularPipelineBlocks):
 
 
 def quiet_diffusers() -> None:
-    """Silence diffusers' logging and its warning about unexpected inputs."""
+    """Silence diffusers' logging (errors only) and its download progress bars."""
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message="Unexpected input")
 
 
 @functools.cache
@@ -201,7 +206,7 @@ def diffusers_pipeline(n: int) -> Any:
     }
     for k, fn in enumerate(make_functions(n)):
         namespace[f"f{k}"] = fn
-        exec(_DIFFUSERS_BLOCK.format(k=k, k1=k + 1), namespace)  # noqa: S102
+        exec(_DIFFUSERS_BLOCK.format(k=k, k1=k + 1), namespace)
     blocks = SequentialPipelineBlocks.from_blocks_dict(
         {f"add_one_{k}": namespace[f"AddOne{k}"]() for k in range(n)}
     )
@@ -288,27 +293,40 @@ def chain_table(mb: Any, settings: _harness.Settings, notes: dict[str, str]) -> 
         builders["pipefunc"] = functools.partial(build_pipefunc, n)
         thunks = _build_all(builders, n + START, notes)
         timings = _harness.measure_interleaved(thunks, settings)
-        base = timings["hand-written"].median_us
-        per_block = {name: (t.median_us - base) / n for name, t in timings.items()}
+        per_block: dict[str, float | None] = {
+            name: _per_unit(_harness.paired_us(timings, {name: 1, "hand-written": -1}), n)
+            for name in timings
+        }
         reference = per_block.get("modblocks")
         for name in ("hand-written", "modblocks", "diffusers", "pipefunc"):
             if name not in timings:
                 rows.append([f"N={n} {name}", _harness.NA, _harness.NA, _harness.NA])
                 continue
-            ratio = None
-            if name not in ("hand-written", "modblocks") and reference and reference > 0:
-                ratio = per_block[name] / reference
             rows.append(
                 [
                     f"N={n} {name}",
-                    _harness.fmt(timings[name].median_us),
+                    _harness.fmt(timings[name].us),
                     "baseline" if name == "hand-written" else _harness.fmt(per_block[name], 3),
-                    "1.00" if name == "modblocks" else _harness.fmt(ratio),
+                    _harness.fmt(_ratio(per_block[name], reference))
+                    if name != "hand-written"
+                    else _harness.NA,
                 ]
             )
     return _harness.markdown_table(
         ["chain", "µs/call", "overhead µs/block", "ratio to modblocks (per block)"], rows
     )
+
+
+def _per_unit(total: float | None, units: int) -> float | None:
+    """Divide ``total`` by ``units``, passing ``None`` through."""
+    return None if total is None else total / units
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    """Return ``value / reference``, or ``None`` when either is missing or not positive."""
+    if value is None or reference is None or reference <= 0:
+        return None
+    return value / reference
 
 
 def _extra_values(size: int) -> dict[str, int]:
@@ -354,7 +372,7 @@ def state_tables(mb: Any, settings: _harness.Settings, notes: dict[str, str]) ->
     Returns:
         Table 2 (chain from a pre-filled state) and table 3 (``evolve``), as markdown.
     """
-    long_chain = 2 * STATE_CHAIN
+    long_chain = MARGINAL_CHAIN
     chain_rows: list[list[str]] = []
     evolve_rows: list[list[str]] = []
     for size in STATE_SIZES:
@@ -371,32 +389,27 @@ def state_tables(mb: Any, settings: _harness.Settings, notes: dict[str, str]) ->
             chosen = {name: build for name, build in builders.items() if name.endswith(f"/{n}")}
             thunks |= _build_all(chosen, n + START, notes)
         timings = _harness.measure_interleaved(thunks, settings)
-        us = functools.partial(_median_us, timings)
+        short, long_ = STATE_CHAIN, long_chain
         for contender in ("modblocks", "diffusers"):
-            short, long_ = (
-                us(f"{contender}/{STATE_CHAIN}"),
-                us(f"{contender}/{long_chain}"),
+            call = timings.get(f"{contender}/{short}")
+            amortised = _harness.paired_us(
+                timings, {f"{contender}/{short}": 1, f"hand-written/{short}": -1}
             )
-            base_short, base_long = (
-                us(f"hand-written/{STATE_CHAIN}"),
-                us(f"hand-written/{long_chain}"),
+            marginal = _harness.paired_us(
+                timings,
+                {
+                    f"{contender}/{long_}": 1,
+                    f"hand-written/{long_}": -1,
+                    f"{contender}/{short}": -1,
+                    f"hand-written/{short}": 1,
+                },
             )
-            amortised = marginal = None
-            if short is not None and base_short is not None:
-                amortised = (short - base_short) / STATE_CHAIN
-            if (
-                short is not None
-                and long_ is not None
-                and base_short is not None
-                and base_long is not None
-            ):
-                marginal = ((long_ - base_long) - (short - base_short)) / (long_chain - STATE_CHAIN)
             chain_rows.append(
                 [
                     f"S={size} {contender}",
-                    _harness.fmt(short),
-                    _harness.fmt(amortised, 3),
-                    _harness.fmt(marginal, 3),
+                    _harness.fmt(None if call is None else call.us),
+                    _harness.fmt(_per_unit(amortised, short), 3),
+                    _harness.fmt(_per_unit(marginal, long_ - short), 3),
                 ]
             )
 
@@ -419,12 +432,6 @@ def state_tables(mb: Any, settings: _harness.Settings, notes: dict[str, str]) ->
         evolve_rows,
     )
     return chain_table_md, evolve_md
-
-
-def _median_us(timings: dict[str, _harness.Timing], name: str) -> float | None:
-    """Return the median µs per call of contender ``name``, or ``None`` if it did not run."""
-    timing = timings.get(name)
-    return None if timing is None else timing.median_us
 
 
 def _evolve_thunk(mb: Any, extra: dict[str, int]) -> Thunk:
@@ -460,8 +467,8 @@ def _evolve_cells(
         except Exception as exc:  # noqa: BLE001 - report and carry on
             notes.setdefault("mb.State.evolve", f"{type(exc).__name__}: {exc}")
     timings = _harness.measure_interleaved(thunks, settings)
-    evolve_us = timings["evolve"].median_us if "evolve" in timings else None
-    return [_harness.fmt(evolve_us, 3), _harness.fmt(timings["dict"].median_us, 3)]
+    evolve_us = timings["evolve"].us if "evolve" in timings else None
+    return [_harness.fmt(evolve_us, 3), _harness.fmt(timings["dict"].us, 3)]
 
 
 # --------------------------------------------------------------------------- main
@@ -483,9 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes["modblocks"] = why
 
     _harness.emit(_harness.environment(["modblocks", "diffusers", "pipefunc", "torch"]))
-    _harness.emit(
-        f"rounds={settings.rounds}, batch≈{settings.batch_ns / 1e6:g} ms, median of rounds\n"
-    )
+    _harness.emit(f"{settings.describe()}\n")
     _harness.emit("## Chain of N trivial blocks\n")
     _harness.emit(chain_table(mb, settings, notes))
     table2, table3 = state_tables(mb, settings, notes)

@@ -316,6 +316,7 @@ class Loop(Composite):
         body = self.body._exec
         over, index, item, name = self.over, self.index, self.item, self.name
         outs = tuple(self.body._iface.provides)
+        nothing = (NOTHING,) * len(outs)
         option, own = self.progress, self.on_step
         body_name = self.body.name if self.body._named else None  # a single block, a named node
 
@@ -330,22 +331,34 @@ class Loop(Composite):
             get = values.get
             steps: Iterator[Any] = itertools.islice(items, start, None)
             try:
+                if bar is None and not run.slow and not callbacks:
+                    # The hot path: nothing to do between steps but run the body.
+                    for i, element in enumerate(steps, start):
+                        if index is not None:
+                            values[index] = i
+                        if item is not None:
+                            values[item] = element
+                        saved = tuple(map(get, outs, nothing))  # for a failure's state
+                        try:
+                            body(values, run)
+                        except Failure as failure:
+                            raise _step_failure(
+                                failure, values, outs, saved, body_name, i
+                            ) from None
+                    return
                 for i, element in enumerate(steps, start):
                     if index is not None:
                         values[index] = i
                     if item is not None:
                         values[item] = element
-                    saved = [get(key, NOTHING) for key in outs]
+                    saved = tuple(map(get, outs, nothing))
                     try:
                         if run.slow and run.path:
                             _slow_step(body, body_name, values, run, i)
                         else:
                             body(values, run)
                     except Failure as failure:
-                        _restore(values, outs, saved)
-                        if body_name is not None:
-                            failure.add(body_name)
-                        raise failure.add(f"[step {i}]") from None
+                        raise _step_failure(failure, values, outs, saved, body_name, i) from None
                     if bar is not None:
                         bar.update(1)
                     if run.events is not None:
@@ -382,6 +395,21 @@ class Loop(Composite):
                     run.keys[name] = fresh_key()
 
         return dispatch
+
+
+def _step_failure(
+    failure: Failure,
+    values: Values,
+    outs: tuple[str, ...],
+    saved: tuple[Any, ...],
+    body_name: str | None,
+    index: int,
+) -> Failure:
+    """Put the values back as the last completed step left them, and say where it failed."""
+    _restore(values, outs, saved)
+    if body_name is not None:
+        failure.add(body_name)
+    return failure.add(f"[step {index}]")
 
 
 def _slow_step(body: Exec, body_name: str | None, values: Values, run: Run, index: int) -> None:

@@ -258,7 +258,12 @@ def run_node(
     start: str | None = None,
 ) -> State:
     """Run *node* on a copy of *state* updated with *inputs*, and return the final state."""
-    values: Values = dict(state) if state is not None else {}
+    if state is None:
+        values: Values = {}
+    elif type(state) is State:
+        values = state._values.copy()  # a State's dict: copying it is a C-level copy
+    else:
+        values = dict(state)
     if inputs:
         values.update(inputs)
     if start is not None:

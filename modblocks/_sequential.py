@@ -17,7 +17,9 @@ from .exceptions import WiringError
 __all__ = ["Sequential", "unique_names"]
 
 
-def _flatten(nodes: Iterable[object]) -> tuple[Node, ...]:
+def _flatten(nodes: Iterable[object] | Node) -> tuple[Node, ...]:
+    if isinstance(nodes, Node):
+        nodes = (nodes,)  # Sequential(block): a sequence of one
     flat: list[Node] = []
     for node in nodes:
         if not isinstance(node, Node):
