@@ -29,6 +29,9 @@ _tokens_lock = threading.Lock()
 _counter = itertools.count()
 
 
+_blake2b = hashlib.blake2b
+
+
 def _digest(*parts: bytes) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
@@ -291,14 +294,19 @@ def unit_key(
 ) -> bytes | None:
     """The key of a block or loop: its identity and its inputs' digests, or None."""
     parts = [identity]
+    known = keys.get
     for name in names:
-        part = key_of(keys, values, name, hash_tensors)
+        part = known(name) or key_of(keys, values, name, hash_tensors)
         if part is None:
             return None
         parts.append(part)
-    return _digest(*parts)
+    return _blake2b(b"".join(parts), digest_size=16).digest()
 
 
 def output_key(key: bytes, position: int) -> bytes:
-    """The key of output number *position* of the unit whose key is *key*."""
-    return _digest(key, position.to_bytes(4, "little"))
+    """The key of output number *position* of the unit whose key is *key*.
+
+    All digests are 16 bytes, so appending the position keeps keys unambiguous and costs
+    no hashing.
+    """
+    return key[:14] + position.to_bytes(2, "little")

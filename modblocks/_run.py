@@ -182,7 +182,7 @@ class Run:
 
     def where(self) -> str:
         """The current path, e.g. ``text2img > denoise[step 3] > unet``."""
-        return format_path(list(reversed(self.path)))
+        return " > ".join(self.path)  # loops put `[step i]` on their own entry
 
     def emit(self, kind: EventKind, **fields: Any) -> None:
         """Send an event for the current path, when someone listens."""

@@ -332,15 +332,18 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
 
     def slow(values: Values, run: Run) -> None:
         path = run.path
-        for k, (name, exec_) in enumerate(zip(names, execs, strict=True)):
-            run.check_cancel()
-            path.append(name)
-            try:
+        cancel = run.cancel
+        k = 0
+        try:
+            for k, (name, exec_) in enumerate(zip(names, execs, strict=True)):  # noqa: B007
+                if cancel is not None and cancel.cancelled:
+                    run.check_cancel()
+                path.append(name)
                 exec_(values, run)
-            except Exception as exc:  # noqa: BLE001 - turned into a Failure with the path
-                raise fail(exc, k, values) from None
-            finally:
                 path.pop()
+        except Exception as exc:  # noqa: BLE001 - turned into a Failure with the path
+            path.pop()
+            raise fail(exc, k, values) from None
 
     namespace.update(fail=fail, slow=slow)
     exec(compile(source, "<sequence>", "exec"), namespace)  # noqa: S102

@@ -18,26 +18,27 @@ __all__ = ["cached_unit", "slow_block"]
 
 
 def slow_block(block: Node, fast: Exec) -> Exec:
-    """Wrap a block's compiled function with events, cancellation and the cache."""
+    """Wrap a block's compiled function with events, the cache and the in-place check."""
     inputs = tuple(s.name for s in block._iface.inputs)
     outputs = tuple(s.name for s in block.outputs)
     bound = block._iface.bound
     cacheable: bool = getattr(block, "cache", True)
 
     def run_slow(values: Values, run: Run) -> None:
-        run.check_cancel()
-        if run.cache is None or run.uncached:
-            _timed(fast, values, run, inputs, None)
+        cache = run.cache
+        if cache is None or run.uncached:
+            if run.events is None:
+                fast(values, run)
+            else:
+                _timed(fast, values, run, inputs, None)
             return
-        key = (
-            unit_key(block._identity, inputs, run.keys, values, run.cache.hash_tensors)
-            if cacheable
-            else None
-        )
+        key = None
+        if cacheable:
+            key = unit_key(block._identity, inputs, run.keys, values, cache.hash_tensors)
         if key is not None and _serve(run, key, values, outputs, inputs):
             return
         generators = generators_in(values[n] for n in inputs if n in values)
-        _timed(fast, values, run, inputs, run.cache if run.cache.check_inplace else None)
+        _timed(fast, values, run, inputs, cache if cache.check_inplace else None)
         _remember(run, key, values, outputs, bound, generators)
 
     return run_slow
@@ -68,14 +69,18 @@ def _serve(
     entry = run.cache.get(key)
     if entry is None:
         return False
-    for position, (name, value) in enumerate(zip(outputs, entry.outputs, strict=True)):
+    keys = run.keys
+    for position, value in enumerate(entry.outputs):
+        name = outputs[position]
         values[name] = value
-        run.keys[name] = output_key(key, position)
-    # Leave the generators as running the unit would have: later draws stay the same.
-    generators = generators_in(values[n] for n in inputs if n in values)
-    for generator, state in zip(generators, entry.generator_states, strict=False):
-        generator.set_state(state)
-    run.emit("cached")
+        keys[name] = output_key(key, position)
+    if entry.generator_states:
+        # Leave the generators as running the unit would have: later draws stay the same.
+        generators = generators_in(values[n] for n in inputs if n in values)
+        for generator, state in zip(generators, entry.generator_states, strict=False):
+            generator.set_state(state)
+    if run.events is not None:
+        run.emit("cached")
     return True
 
 
@@ -102,10 +107,13 @@ def _remember(
 
 def _timed(fast: Exec, values: Values, run: Run, inputs: tuple[str, ...], check: Any) -> None:
     before = _contents(values, inputs) if check is not None else None
-    run.emit("started")
-    start = time.perf_counter()
-    fast(values, run)
-    run.emit("finished", seconds=time.perf_counter() - start)
+    if run.events is None:
+        fast(values, run)
+    else:
+        run.emit("started")
+        start = time.perf_counter()
+        fast(values, run)
+        run.emit("finished", seconds=time.perf_counter() - start)
     if before is not None:
         changed = [n for n, digest in _contents(values, inputs).items() if before.get(n) != digest]
         changed = [n for n in changed if n in before]

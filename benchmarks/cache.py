@@ -1,0 +1,151 @@
+"""Incremental re-execution: what a fully cached run costs, and what a new seed re-runs.
+
+(a) Key overhead: a chain of N = 10, 100, 300 trivial blocks run with an `mb.Cache` that
+already holds every result, so each block only computes its key (a digest of its identity
+and its inputs' producer keys) and is served. Reported: µs per call and per block, next to
+the same chain without a cache (compiled straight-line path) in the same run. A key costs
+O(inputs), so the per-block cost must stay flat in N (target: 300 cached blocks < 1 ms).
+
+(b) Stable Diffusion with tiny random-weight components (``modblocks.diffusion``), 20
+steps: the first call, a second call with only a new seed (only latents, the loop and the
+decoder re-run; the prompt encoding is served), and a second call with only a new prompt,
+next to diffusers' classic ``StableDiffusionPipeline``, which re-runs everything.
+
+Run it from the repository root::
+
+    python benchmarks/cache.py            # full run
+    python benchmarks/cache.py --quick    # smoke run, numbers are noisy
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import modblocks as mb
+
+try:  # run as `python benchmarks/cache.py`, or imported as `benchmarks.cache`
+    from benchmarks import _harness
+except ImportError:  # pragma: no cover - depends on how the script is started
+    import _harness  # type: ignore[no-redef]
+
+CHAINS = (10, 100, 300)
+
+
+def trivial_chain(n: int) -> mb.Sequential:
+    """A chain of *n* blocks, block k reading ``x{k}`` and producing ``x{k+1}``."""
+    blocks = []
+    for k in range(n):
+        namespace: dict[str, Any] = {}
+        exec(f"def f{k}(x{k}):\n    return x{k} + 1", namespace)
+        blocks.append(mb.block(namespace[f"f{k}"], output=f"x{k + 1}"))
+    return mb.Sequential(blocks)
+
+
+def key_table(settings: _harness.Settings) -> str:
+    """Per-call and per-block cost of a fully cached chain vs the uncached compiled chain."""
+    rows = []
+    for n in CHAINS:
+        chain = trivial_chain(n)
+        cache = mb.Cache(max_entries=None)
+        chain.run(x0=1, cache=cache)  # fill the cache: every later call is all hits
+        assert chain.run(x0=1, cache=cache)[f"x{n}"] == n + 1
+        hits_before = cache.stats().hits
+        contenders: dict[str, Callable[[], object]] = {
+            "cached": lambda chain=chain, cache=cache: chain.run(x0=1, cache=cache),
+            "uncached": lambda chain=chain: chain.run(x0=1),
+        }
+        timings = _harness.measure_interleaved(contenders, settings)
+        assert cache.stats().misses == n  # only the first call missed
+        assert cache.stats().hits > hits_before
+        cached, plain = timings["cached"].us, timings["uncached"].us
+        rows.append(
+            (
+                f"N={n}",
+                _harness.fmt(cached),
+                _harness.fmt(cached / n, 3),
+                _harness.fmt(plain),
+                _harness.fmt(plain / n, 3),
+            )
+        )
+    headers = (
+        "chain",
+        "all cached µs/call",
+        "µs/block",
+        "no cache µs/call",
+        "µs/block",
+    )
+    return _harness.markdown_table(headers, rows)
+
+
+def _seconds(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def sd_table(settings: _harness.Settings) -> str:
+    """First call, new seed, new prompt: modblocks with a cache vs diffusers' classic pipeline."""
+    diffusion, why = _harness.optional_import("modblocks.diffusion", ("text2img",))
+    testing, why2 = _harness.optional_import("modblocks.diffusion.testing", ("tiny_sd_components",))
+    if diffusion is None or testing is None:
+        return f"(skipped: {why or why2})"
+    from diffusers import StableDiffusionPipeline
+
+    components = testing.tiny_sd_components(seed=0)
+    steps = 5 if settings.rounds <= 2 else 20
+    repeat = 1 if settings.rounds <= 2 else 5
+    classic = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    classic.set_progress_bar_config(disable=True)
+    cache = mb.Cache()
+    pipe = mb.Pipeline(diffusion.text2img, components=components, cache=cache)
+    args = {"num_inference_steps": steps, "output_type": "np", "height": 32, "width": 32}
+
+    def ours(prompt: str, seed: int) -> object:
+        return pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **args)
+
+    def theirs(prompt: str, seed: int) -> object:
+        return classic(prompt=prompt, generator=torch.Generator().manual_seed(seed), **args)
+
+    rows = []
+    with mb.progress(disable=True):
+        for label, prompt, seed in (
+            ("first call", "a cat", 0),
+            ("new seed only", "a cat", 1),
+            ("new prompt only", "a dog", 1),
+        ):
+            if label == "first call":
+                cache.clear()
+                first = [_seconds(lambda p=prompt, s=seed: (cache.clear(), ours(p, s)), repeat)]
+            else:
+                cache.clear()
+                ours("a cat", 0)  # the previous call of the sequence fills the cache
+                first = [_seconds(lambda p=prompt, s=seed: ours(p, s), 1)]
+            reference = _seconds(lambda p=prompt, s=seed: theirs(p, s), repeat)
+            rows.append((label, _harness.fmt(first[0] * 1e3), _harness.fmt(reference * 1e3)))
+    headers = ("call", "modblocks + Cache ms", "diffusers classic ms")
+    return _harness.markdown_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its tables."""
+    settings = _harness.parse_settings(argv, __doc__.splitlines()[0])
+    _harness.emit(_harness.environment(["modblocks", "diffusers", "torch"]))
+    _harness.emit(f"{settings.describe()}\n")
+    _harness.emit("## (a) Fully cached chain of N trivial blocks\n")
+    _harness.emit(key_table(settings))
+    _harness.emit("\n## (b) Tiny Stable Diffusion: what a second call re-runs\n")
+    _harness.emit(sd_table(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
