@@ -336,9 +336,9 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
         k = 0
         try:
             for k, (name, exec_) in enumerate(zip(names, execs, strict=True)):  # noqa: B007
-                if cancel is not None and cancel.cancelled:
-                    run.check_cancel()
                 path.append(name)
+                if cancel is not None and cancel.cancelled:
+                    run.check_cancel()  # before `name` runs: the path says where it stopped
                 exec_(values, run)
                 path.pop()
         except Exception as exc:  # noqa: BLE001 - turned into a Failure with the path
