@@ -6,7 +6,7 @@ import functools
 import importlib
 import inspect
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
@@ -39,6 +39,9 @@ class Block(Node, Generic[P, R]):
     renames: tuple[tuple[str, str], ...] = ()  # (parameter or output name, name in the state)
     bound: tuple[tuple[str, Any], ...] = ()  # (name in the state, value)
     _iface: Interface = attrs.field(init=False, repr=False)
+
+    if TYPE_CHECKING:  # set per instance in __attrs_post_init__ (not attrs fields)
+        __qualname__: str
 
     def __attrs_post_init__(self) -> None:
         # Look like the function to help(), inspect, pydoc and doctest, as
@@ -147,8 +150,13 @@ class Block(Node, Generic[P, R]):
     def _identity(self) -> bytes:
         from ._cache import identity_digest
 
+        # Bound values are not part of it: the run keys them like inputs (a bound generator
+        # changes as it is drawn from).
         defaults = tuple((s.name, s.default) for s in self.spec.inputs if not s.required)
-        return identity_digest(self.fn, self.name, self.output, self.renames, self.bound, defaults)
+        outputs = tuple(s.name for s in self.spec.outputs)
+        return identity_digest(
+            self.fn, self.name, self.output, self.spec.result, outputs, self.renames, defaults
+        )
 
     def _source(self, tag: str) -> tuple[list[str], dict[str, Any]]:
         """Python lines that run this block on the values ``v`` (inlined by sequences)."""
@@ -199,9 +207,9 @@ class Block(Node, Generic[P, R]):
             fix = f"Return `{declared.__name__}(...)`."
         msg = (
             f"block `{self.name}` returned {type(result).__name__} {_short(result)}, "
-            f"but its return annotation {expected}. {fix}"
+            f"but its return annotation {expected}"
         )
-        raise Failure(OUTPUT, message=msg, block=self.name)
+        raise Failure(OUTPUT, message=msg, block=self.name, fix=fix)
 
     def _failure(self, exc: Exception, values: Values) -> Failure:
         """Explain an exception raised while running this block inside a run."""

@@ -116,11 +116,14 @@ def _tensor_fingerprint(tensor: Any, *, hash_tensors: bool) -> bytes | None:
     if hash_tensors:
         data = tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8)
         return _digest(b"content", meta, data.numpy().tobytes())
+    if tensor.is_inference():
+        # Inference tensors keep no version counter, so an in-place change would go unseen:
+        # name them by content instead.
+        return _tensor_fingerprint(tensor, hash_tensors=True)
     token = _token(tensor)
     if token is None:
         return None
-    # Inference tensors keep no version counter; they are still named by identity.
-    version = 0 if tensor.is_inference() else tensor._version
+    version = tensor._version
     return _digest(b"tensor", meta, token, version.to_bytes(8, "little"))
 
 
@@ -130,7 +133,9 @@ def identity_digest(*parts: Any) -> bytes:
     for part in parts:
         if callable(part) and hasattr(part, "__code__"):
             code = part.__code__
+            # The function object itself too: a factory's blocks share code but not closures.
             pieces += [
+                _token(part) or fresh_key(),
                 f"{part.__module__}.{part.__qualname__}".encode(),
                 code.co_code,
                 repr(code.co_consts).encode(),
@@ -182,6 +187,15 @@ class _Entry:
     outputs: tuple[Any, ...]
     generator_states: tuple[Any, ...]
     nbytes: int
+    versions: tuple[int, ...]  # of the tensors among the outputs, when stored
+
+
+def versions(values: Iterable[Any]) -> tuple[int, ...]:
+    """The version counters of the (non-inference) tensors among *values*."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return ()
+    return tuple(v._version for v in values if isinstance(v, torch.Tensor) and not v.is_inference())
 
 
 class Cache:
@@ -225,6 +239,11 @@ class Cache:
         """Return the entry stored under *key* (and mark it recently used), or None."""
         with self._lock:
             entry = self._entries.get(key)
+            if entry is not None and entry.versions and versions(entry.outputs) != entry.versions:
+                # Someone changed a stored result in place: it can't be served any more.
+                del self._entries[key]
+                self._bytes -= entry.nbytes
+                entry = None
             if entry is None:
                 self._misses += 1
                 return None
@@ -241,7 +260,7 @@ class Cache:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
-            self._entries[key] = _Entry(outputs, generator_states, size)
+            self._entries[key] = _Entry(outputs, generator_states, size, versions(outputs))
             self._bytes += size
             while self._entries and (
                 (self.max_entries is not None and len(self._entries) > self.max_entries)

@@ -12,7 +12,7 @@ import attrs
 from ._cache import fresh_key
 from ._node import PRODUCED, Composite, Interface, Node, _check_identifier
 from ._progress import open_bar
-from ._run import BLOCK, MISSING, Exec, Failure, OnStep, Run, Step, Values, format_path
+from ._run import BLOCK, CANCELLED, MISSING, Exec, Failure, OnStep, Run, Step, Values, format_path
 from ._sequential import unique_names
 from ._slow import cached_unit
 from ._specs import NOTHING, InputSpec, OutputSpec
@@ -367,8 +367,8 @@ class Loop(Composite):
                         values, run, callbacks, i, element, total, (index, item)
                     ):
                         break
-                    if run.cancel is not None:
-                        run.check_cancel()
+                    if run.cancel is not None and run.cancel.cancelled:
+                        raise Failure(CANCELLED).add(f"[step {i}]")
             finally:
                 if bar is not None:
                     bar.close()

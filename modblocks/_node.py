@@ -372,13 +372,29 @@ class Adapted(Composite):
             # so a renamed value can never shadow another one of the outer state.
             values.update(bound)
             inner = {i: values[o] for i, o in reads if o in values}
-            if run.slow:
-                run.views.append((values, outer))
+            if not run.slow:
+                try:
+                    inner_exec(inner, run)
+                finally:
+                    for i, o in writes:
+                        if i in inner:
+                            values[o] = inner[i]
+                return
+            # Cache keys are kept by name too: the inner node sees its values' keys under the
+            # inner names, and what it produced goes back under the outer ones.
+            outer_keys = run.keys
+            run.keys = {i: outer_keys[o] for i, o in reads if o in outer_keys}
+            run.views.append((values, outer))
             try:
                 inner_exec(inner, run)
             finally:
-                if run.slow:
-                    run.views.pop()
+                run.views.pop()
+                inner_keys, run.keys = run.keys, outer_keys
+                for i, o in writes:
+                    if i in inner_keys:
+                        outer_keys[o] = inner_keys[i]
+                    elif i in inner:
+                        outer_keys.pop(o, None)  # a new value: the old key no longer names it
                 for i, o in writes:
                     if i in inner:
                         values[o] = inner[i]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from types import MappingProxyType
 from typing import Any, cast, overload
@@ -82,15 +82,20 @@ class Pipeline:
         if state is not None:
             start.update(state)
         run = make_run(on_step, events, cancel, self.cache)
+        with self._stripping_errors(), self._mode():
+            final = run_node(self.blocks, start, inputs, run, start=resume)
+        return self._strip(final)
+
+    @contextlib.contextmanager
+    def _stripping_errors(self) -> Generator[None]:
+        """Keep the components out of the state an error carries, as out of results."""
         try:
-            with self._mode():
-                final = run_node(self.blocks, start, inputs, run, start=resume)
+            yield
         except ModblocksError as error:
             error_state = getattr(error, "state", None)
             if isinstance(error_state, State):
                 error.__dict__["state"] = self._strip(error_state)
             raise
-        return self._strip(final)
 
     @overload
     def __call__(self, *, output: None = None, **inputs: Any) -> State: ...
@@ -149,8 +154,9 @@ class Pipeline:
         steps = stream(
             self.blocks, start, inputs, cache=self.cache, inference_mode=self.inference_mode
         )
-        for step_state in steps:
-            yield self._strip(step_state)
+        with self._stripping_errors():
+            for step_state in steps:
+                yield self._strip(step_state)
 
     def _check_given(self, inputs: Mapping[str, Any]) -> None:
         accepted: frozenset[str] = self.__dict__["_accepted"]

@@ -170,7 +170,10 @@ class _Drawing:
         sub = self.new_id("sg")
         label = f"{name} ({_kind_name(node)})"
         if isinstance(node, Loop):
-            label = f"{name}: for each {node.over}"
+            label = f"{name} (loop over {node.over})"
+            self.edge_in(node.over, sub, produced)
+            # The step number and element come from the loop itself, not from outside.
+            produced.update({n: [] for n in (node.index, node.item) if n is not None})
         self.lines.append(f'    subgraph {sub}["{label}"]')
         if isinstance(node, Switch):
             # Each branch starts from what came before; afterwards a value may come from any.
@@ -181,26 +184,34 @@ class _Drawing:
                 for key, sources in branch.items():
                     if produced.get(key) is not sources:
                         merged.setdefault(key, []).extend(sources)
+            if node.default is None:  # the switch may be skipped: earlier values stay possible
+                for key, sources in merged.items():
+                    sources.extend(s for s in produced.get(key, []) if s not in sources)
             produced.update(merged)
         else:
             for child_name, child in children:
                 self.walk(child, child_name, produced)
         self.lines.append("    end")
 
+    def edge_in(self, name: str, target: str, produced: dict[str, list[str]]) -> None:
+        """Draw where the value *name* that *target* reads comes from."""
+        if name in produced:
+            self.lines += [f"    {p} -->|{name}| {target}" for p in produced[name]]
+            self.consumed.add(name)
+            return
+        if name not in self.inputs:
+            self.inputs[name] = self.new_id("in")
+            self.lines.append(f'    {self.inputs[name]}(["{name}"])')
+        self.lines.append(f"    {self.inputs[name]} --> {target}")
+
     def leaf(self, node: Node, name: str, produced: dict[str, list[str]]) -> None:
         block_id = self.new_id("b")
         self.lines.append(f'    {block_id}["{name}"]')
         for spec in node._iface.inputs:
-            if spec.kind != "input":
-                continue
-            if spec.name in produced:
-                self.lines += [f"    {p} -->|{spec.name}| {block_id}" for p in produced[spec.name]]
-                self.consumed.add(spec.name)
-            else:
-                if spec.name not in self.inputs:
-                    self.inputs[spec.name] = self.new_id("in")
-                    self.lines.append(f'    {self.inputs[spec.name]}(["{spec.name}"])')
-                self.lines.append(f"    {self.inputs[spec.name]} --> {block_id}")
+            # Components and configs are drawn only when a block made them (a scheduler
+            # copy set for the run); bound models would clutter every diagram.
+            if spec.kind == "input" or spec.name in produced:
+                self.edge_in(spec.name, block_id, produced)
         for out in node.outputs:
             produced[out.name] = [block_id]
             self.consumed.discard(out.name)

@@ -277,6 +277,8 @@ def run_node(
     if run.slow and node._named:
         run.path.append(node.name)
     try:
+        if run.cancel is not None:
+            run.check_cancel()  # a token cancelled before the run starts stops even one block
         exec_(values, run)
     except Failure as failure:
         if node._named:
@@ -300,7 +302,8 @@ def to_error(failure: Failure, values: Values) -> ModblocksError:
         return BlockError(msg, block=block, path=path, state=state)
     if failure.kind == OUTPUT:
         block = failure.fields.get("block", "")
-        return OutputError(f"{failure.message} (at `{path}`)", block=block, path=path, state=state)
+        msg = f"{failure.message} (at `{path}`). {failure.fields.get('fix', '')}".rstrip()
+        return OutputError(msg, block=block, path=path, state=state)
     if failure.kind == MISSING:
         names = failure.fields["names"]
         where = failure.fields.get("node") or path

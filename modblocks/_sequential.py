@@ -172,6 +172,11 @@ class Sequential(Composite):
                 kept.append(chosen.named(name) if chosen is node else chosen)
         if not kept:
             return None
+        if len(kept) == len(self.nodes) and all(
+            k is n or (k.name == n.name and getattr(k, "_iface", None) is n._iface)
+            for k, n in zip(kept, self.nodes, strict=True)
+        ):
+            return self  # nothing chosen away: the sequence itself runs
         return Sequential(tuple(kept), name=self.name)
 
     # -- running -------------------------------------------------------------------------
@@ -235,6 +240,9 @@ def _wire(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Interface:
             else:
                 maybe.discard(name)
             if name in outs:
+                earlier = outputs.get(name)
+                if earlier is not None and not out.description and earlier.description:
+                    out = attrs.evolve(out, description=earlier.description)
                 outputs[name] = out  # the last producer's spec, at the first production's place
     extra = tuple(name for name in producer if name not in outputs)  # bound values of children
     return Interface(

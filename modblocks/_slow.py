@@ -19,19 +19,24 @@ __all__ = ["cached_unit", "slow_block"]
 
 def slow_block(block: Node, fast: Exec) -> Exec:
     """Wrap a block's compiled function with events, the cache and the in-place check."""
-    inputs = tuple(s.name for s in block._iface.inputs)
+    bound: tuple[tuple[str, Any], ...] = getattr(block, "bound", ())
+    # Bound values are keyed like inputs: a bound generator changes as it is drawn from.
+    inputs = tuple(s.name for s in block._iface.inputs) + tuple(n for n, _ in bound)
     outputs = tuple(s.name for s in block.outputs)
-    bound = block._iface.bound
     cacheable: bool = getattr(block, "cache", True)
 
     def run_slow(values: Values, run: Run) -> None:
         cache = run.cache
         if cache is None or run.uncached:
-            if run.events is None:
+            if run.events is None and (cache is None or not cache.check_inplace):
                 fast(values, run)
             else:
-                _timed(fast, values, run, inputs, None)
+                check = cache if cache is not None and cache.check_inplace else None
+                _timed(fast, values, run, inputs, check)
             return
+        for name, value in bound:
+            values[name] = value  # as running the block does first; keyed afresh below
+            run.keys.pop(name, None)
         key = None
         if cacheable:
             key = unit_key(block._identity, inputs, run.keys, values, cache.hash_tensors)
@@ -39,7 +44,7 @@ def slow_block(block: Node, fast: Exec) -> Exec:
             return
         generators = generators_in(values[n] for n in inputs if n in values)
         _timed(fast, values, run, inputs, cache if cache.check_inplace else None)
-        _remember(run, key, values, outputs, bound, generators)
+        _remember(run, key, values, outputs, (), generators)
 
     return run_slow
 
@@ -115,8 +120,8 @@ def _timed(fast: Exec, values: Values, run: Run, inputs: tuple[str, ...], check:
         fast(values, run)
         run.emit("finished", seconds=time.perf_counter() - start)
     if before is not None:
-        changed = [n for n, digest in _contents(values, inputs).items() if before.get(n) != digest]
-        changed = [n for n in changed if n in before]
+        # The same tensor objects as before the block (an output may have replaced the name).
+        changed = [n for n, (tensor, digest) in before.items() if _digest_of(tensor) != digest]
         if changed:
             listed = ", ".join(f"`{n}`" for n in changed)
             msg = (
@@ -127,16 +132,17 @@ def _timed(fast: Exec, values: Values, run: Run, inputs: tuple[str, ...], check:
             raise Failure(BLOCK, RuntimeError(msg))
 
 
-def _contents(values: Values, inputs: tuple[str, ...]) -> dict[str, bytes]:
-    import torch
-
+def _digest_of(tensor: Any) -> bytes | None:
     from ._cache import fingerprint
 
-    digests: dict[str, bytes] = {}
-    for name in inputs:
-        value = values.get(name)
-        if isinstance(value, torch.Tensor):
-            digest = fingerprint(value, hash_tensors=True)
-            if digest is not None:
-                digests[name] = digest
-    return digests
+    return fingerprint(tensor, hash_tensors=True)
+
+
+def _contents(values: Values, inputs: tuple[str, ...]) -> dict[str, tuple[Any, bytes | None]]:
+    import torch
+
+    return {
+        name: (values[name], _digest_of(values[name]))
+        for name in inputs
+        if isinstance(values.get(name), torch.Tensor)
+    }

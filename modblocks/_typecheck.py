@@ -87,6 +87,8 @@ def type_name(tp: Any) -> str:
     """
     if tp is None or tp is _NONE:
         return "None"
+    if tp is Any:
+        return "Any"
     if isinstance(tp, type) and not get_args(tp):
         cls: type[object] = tp
         if cls.__module__ == "builtins":
@@ -98,4 +100,10 @@ def type_name(tp: Any) -> str:
             if getattr(sys.modules.get(shorter), cls.__qualname__, None) is cls:
                 return f"{shorter}.{cls.__qualname__}"
         return f"{cls.__module__}.{cls.__qualname__}"
+    if _is_union(tp):
+        return " | ".join(type_name(arg) for arg in get_args(tp))
+    origin, args = get_origin(tp), get_args(tp)
+    if isinstance(origin, type) and args:
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        return f"{type_name(origin)}[{inner}]"
     return repr(tp).replace("typing.", "")

@@ -17,91 +17,36 @@ Not supported: IP-Adapter, LoRA scales, textual inversion, the safety checker, U
 guidance embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`.
 """
 
+# Names listed in __all__ are re-exported (mypy's no_implicit_reexport accepts them).
 from .denoise import (
-    add_inpaint_channels as add_inpaint_channels,
+    add_inpaint_channels,
+    blend_masked_latents,
+    denoise,
+    denoise_inpaint,
+    predict_noise,
+    rescale_noise_cfg,
+    scale_model_input,
+    scheduler_step,
 )
-from .denoise import (
-    blend_masked_latents as blend_masked_latents,
-)
-from .denoise import (
-    denoise as denoise,
-)
-from .denoise import (
-    denoise_inpaint as denoise_inpaint,
-)
-from .denoise import (
-    predict_noise as predict_noise,
-)
-from .denoise import (
-    rescale_noise_cfg as rescale_noise_cfg,
-)
-from .denoise import (
-    scale_model_input as scale_model_input,
-)
-from .denoise import (
-    scheduler_step as scheduler_step,
-)
-from .image import (
-    Size as Size,
-)
-from .image import (
-    default_size as default_size,
-)
-from .image import (
-    preprocess_image as preprocess_image,
-)
-from .image import (
-    preprocess_mask as preprocess_mask,
-)
+from .image import Size, default_size, preprocess_image, preprocess_mask
 from .latents import (
-    InpaintLatents as InpaintLatents,
+    InpaintLatents,
+    MaskLatents,
+    prepare_img2img_latents,
+    prepare_inpaint_latents,
+    prepare_latents,
+    prepare_mask_latents,
 )
-from .latents import (
-    MaskLatents as MaskLatents,
-)
-from .latents import (
-    prepare_img2img_latents as prepare_img2img_latents,
-)
-from .latents import (
-    prepare_inpaint_latents as prepare_inpaint_latents,
-)
-from .latents import (
-    prepare_latents as prepare_latents,
-)
-from .latents import (
-    prepare_mask_latents as prepare_mask_latents,
-)
-from .pipelines import (
-    img2img as img2img,
-)
-from .pipelines import (
-    inpaint as inpaint,
-)
-from .pipelines import (
-    stable_diffusion as stable_diffusion,
-)
-from .pipelines import (
-    text2img as text2img,
-)
-from .text import PromptEmbeds as PromptEmbeds
-from .text import encode_prompt as encode_prompt
+from .pipelines import img2img, inpaint, stable_diffusion, text2img
+from .text import PromptEmbeds, encode_prompt
 from .timesteps import (
-    StrengthTimesteps as StrengthTimesteps,
+    StrengthTimesteps,
+    Timesteps,
+    img2img_timesteps,
+    inpaint_timesteps,
+    set_timesteps,
 )
-from .timesteps import (
-    Timesteps as Timesteps,
-)
-from .timesteps import (
-    img2img_timesteps as img2img_timesteps,
-)
-from .timesteps import (
-    inpaint_timesteps as inpaint_timesteps,
-)
-from .timesteps import (
-    set_timesteps as set_timesteps,
-)
-from .vae import decode_latents as decode_latents
-from .vae import postprocess as postprocess
+from .vae import decode_latents, postprocess
 
 __all__ = [
     "InpaintLatents",

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._scheduler import typed
 from .vae import Generator
 
 __all__ = [
@@ -35,11 +37,10 @@ def scale_model_input(
     t: Annotated[torch.Tensor, _T_DOC],
     do_cfg: Annotated[bool, Doc("whether classifier-free guidance is on")],
     scheduler: mb.Component[SchedulerMixin],
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the UNet's input: the latents, twice with guidance, scaled")]:
     """Make the UNet's input: the latents, twice with guidance, scaled by the scheduler."""
     latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
-    scaled: torch.Tensor = scheduler.scale_model_input(latent_model_input, t)  # pyright: ignore[reportAttributeAccessIssue]
-    return scaled
+    return typed(scheduler).scale_model_input(latent_model_input, t)
 
 
 @mb.block(output="latent_model_input")
@@ -49,12 +50,12 @@ def add_inpaint_channels(
     masked_image_latents: Annotated[torch.Tensor, Doc("latents of the masked image")],
     do_cfg: Annotated[bool, Doc("whether classifier-free guidance is on")],
     unet: mb.Component[UNet2DConditionModel],
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the UNet's input, with the mask channels for a 9-channel UNet")]:
     """Append the mask and the masked image's latents as channels, for a 9-channel UNet.
 
     The legacy 4-channel inpainting UNet takes the latents alone.
     """
-    if unet.config.in_channels == latent_model_input.shape[1]:
+    if unet.config["in_channels"] == latent_model_input.shape[1]:
         return latent_model_input
     if do_cfg:
         mask, masked_image_latents = torch.cat([mask] * 2), torch.cat([masked_image_latents] * 2)
@@ -94,7 +95,7 @@ def predict_noise(
     guidance_rescale: Annotated[
         float, Doc("rescale guided noise to fix overexposure (0: off), arXiv 2305.08891")
     ] = 0.0,
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the noise prediction, guided")]:
     """Predict the noise with one UNet call, and apply classifier-free guidance."""
     noise_pred: torch.Tensor = unet(
         latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False
@@ -109,8 +110,8 @@ def predict_noise(
 
 
 @functools.cache
-def _step_parameters(scheduler_type: type[Any]) -> frozenset[str]:
-    return frozenset(inspect.signature(scheduler_type.step).parameters)
+def _parameters(method: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(method).parameters)
 
 
 @mb.block(output="latents")
@@ -121,16 +122,17 @@ def scheduler_step(
     scheduler: mb.Component[SchedulerMixin],
     generator: Annotated[Generator, Doc("random generator(s), for schedulers that sample")] = None,
     eta: Annotated[float, Doc("DDIM's η: 0 is deterministic, 1 is DDPM (DDIM only)")] = 0.0,
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the latents of the next, less noisy timestep")]:
     """Compute the previous, less noisy latents x_t -> x_t-1."""
     # Only some schedulers take eta (DDIM) or a generator (the stochastic ones).
-    accepted = _step_parameters(type(scheduler))
+    sched = typed(scheduler)
+    accepted = _parameters(type(sched).step)
     extra: dict[str, Any] = {}
     if "eta" in accepted:
         extra["eta"] = eta
     if "generator" in accepted:
         extra["generator"] = generator
-    stepped: torch.Tensor = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]  # pyright: ignore[reportAttributeAccessIssue]
+    stepped: torch.Tensor = sched.step(noise_pred, t, latents, **extra, return_dict=False)[0]
     return stepped
 
 
@@ -144,17 +146,17 @@ def blend_masked_latents(
     mask: Annotated[torch.Tensor, Doc("the mask at the latents' size")],
     scheduler: mb.Component[SchedulerMixin],
     unet: mb.Component[UNet2DConditionModel],
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the latents, with the unmasked area put back (4-channel UNet)")]:
     """Put back the unmasked area, noised to the next timestep (legacy 4-channel UNet only).
 
     A 9-channel inpainting UNet sees the mask and needs no blending: the latents pass through.
     """
-    if unet.config.in_channels != latents.shape[1] or image_latents is None:
+    if unet.config["in_channels"] != latents.shape[1] or image_latents is None:
         return latents
     init_latents_proper = image_latents
     if i < len(timesteps) - 1:
         noise_timestep = torch.tensor([timesteps[i + 1]])
-        init_latents_proper = scheduler.add_noise(image_latents, noise, noise_timestep)  # pyright: ignore[reportAttributeAccessIssue]
+        init_latents_proper = typed(scheduler).add_noise(image_latents, noise, noise_timestep)
     return (1 - mask) * init_latents_proper + mask * latents
 
 

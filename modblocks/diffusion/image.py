@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, NamedTuple
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.image_processor import PipelineImageInput
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from typing_extensions import Doc
 
 import modblocks as mb
@@ -34,7 +35,7 @@ def default_size(
 ) -> Size:
     """Default the image size to the UNet's sample size, and check that latents can tile it."""
     factor = vae_scale_factor(vae)
-    sample_size: int | tuple[int, int] = unet.config.sample_size
+    sample_size: int | tuple[int, int] = unet.config["sample_size"]
     default = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
     height = height or default[0] * factor
     width = width or default[1] * factor
@@ -52,8 +53,10 @@ def preprocess_image(
         int | None, Doc("resize to this height; the image's own if not given")
     ] = None,
     width: Annotated[int | None, Doc("resize to this width; the image's own if not given")] = None,
-) -> torch.Tensor:
-    """Convert the image(s) to a float32 tensor in [-1, 1], resized to a multiple of the VAE's scale."""
+) -> Annotated[
+    torch.Tensor, Doc("the image(s) as a float32 `(batch, 3, height, width)` tensor in [-1, 1]")
+]:
+    """Convert the image(s) to a float32 tensor in [-1, 1], sized to a multiple of the VAE's."""
     processed = image_processor(vae_scale_factor(vae)).preprocess(image, height=height, width=width)
     return processed.to(dtype=torch.float32)
 
@@ -66,7 +69,7 @@ def preprocess_mask(
     vae: mb.Component[AutoencoderKL],
     height: Annotated[int, Doc("image height in pixels")],
     width: Annotated[int, Doc("image width in pixels")],
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the binary mask(s) as a `(batch, 1, height, width)` tensor")]:
     """Convert the mask(s) to a binary `(batch, 1, height, width)` tensor."""
     processor = image_processor(vae_scale_factor(vae), mask=True)
     return processor.preprocess(mask_image, height=height, width=width)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, NamedTuple
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.utils.torch_utils import randn_tensor  # pyright: ignore[reportUnknownVariableType]
 from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._scheduler import typed
 from .vae import Generator, encode_image, vae_scale_factor
 
 __all__ = [
@@ -35,15 +37,15 @@ def _check_generators(generator: Generator, batch_size: int) -> None:
         raise ValueError(msg)
 
 
-def _repeat_to(tensor: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
-    """Repeat a batch of *what* to *batch_size* rows: `[a, b]` gives `[a, b, a, b]`."""
+def _copies(tensor: torch.Tensor, batch_size: int, what: str) -> int:
+    """Return how many copies of a batch of *what* fill *batch_size* rows (`[a, b, a, b]`)."""
     if batch_size % tensor.shape[0]:
         msg = (
             f"{tensor.shape[0]} {what} can't fill a batch of {batch_size} images. "
             f"Give a number of {what} that divides {batch_size}."
         )
         raise ValueError(msg)
-    return tensor.repeat(batch_size // tensor.shape[0], 1, 1, 1)
+    return batch_size // tensor.shape[0]
 
 
 @mb.block(output="latents")
@@ -59,10 +61,10 @@ def prepare_latents(
     latents: Annotated[
         torch.Tensor | None, Doc("initial noise to start from, instead of sampling it")
     ] = None,
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the initial noise, scaled by the scheduler's initial sigma")]:
     """Sample the initial noise, scaled by the scheduler's initial sigma."""
     factor = vae_scale_factor(vae)
-    shape = (batch_size, unet.config.in_channels, height // factor, width // factor)
+    shape = (batch_size, unet.config["in_channels"], height // factor, width // factor)
     _check_generators(generator, batch_size)
     if latents is None:
         latents = randn_tensor(
@@ -70,8 +72,7 @@ def prepare_latents(
         )
     else:
         latents = latents.to(unet.device)
-    init_noise_sigma: Any = scheduler.init_noise_sigma  # pyright: ignore[reportAttributeAccessIssue]
-    return latents * init_noise_sigma
+    return latents * typed(scheduler).init_noise_sigma
 
 
 @mb.block(output="latents")
@@ -86,19 +87,21 @@ def prepare_img2img_latents(
     vae: mb.Component[AutoencoderKL],
     scheduler: mb.Component[SchedulerMixin],
     generator: Annotated[Generator, _GENERATOR_DOC] = None,
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc("the image's latents, noised to the first timestep")]:
     """Encode the image and noise it to the first timestep (`StableDiffusionImg2ImgPipeline`)."""
     dtype = prompt_embeds.dtype
     image = init_image.to(device=vae.device, dtype=dtype)
     _check_generators(generator, batch_size)
-    if isinstance(generator, list) and image.shape[0] < batch_size:
+    # torch.cat rather than repeat, as in diffusers: cat keeps the memory layout of the VAE's
+    # output, and the UNet's convolutions round differently on another layout.
+    if isinstance(generator, list):
         # With one generator per image, each copy of an image gets its own latent sample.
-        image = _repeat_to(image, batch_size, "images")
-    init_latents = _repeat_to(encode_image(vae, image, generator), batch_size, "images")
+        image = torch.cat([image] * _copies(image, batch_size, "images"))
+    init_latents = encode_image(vae, image, generator)
+    init_latents = torch.cat([init_latents] * _copies(init_latents, batch_size, "images"))
     noise = randn_tensor(init_latents.shape, generator=generator, device=vae.device, dtype=dtype)
     latent_timestep = timesteps[:1].repeat(batch_size)
-    noised: torch.Tensor = scheduler.add_noise(init_latents, noise, latent_timestep)  # pyright: ignore[reportAttributeAccessIssue]
-    return noised
+    return typed(scheduler).add_noise(init_latents, noise, latent_timestep)
 
 
 class InpaintLatents(NamedTuple):
@@ -136,23 +139,22 @@ def prepare_inpaint_latents(
     """
     dtype, device = prompt_embeds.dtype, unet.device
     factor = vae_scale_factor(vae)
-    shape = (batch_size, vae.config.latent_channels, height // factor, width // factor)
+    shape = (batch_size, vae.config["latent_channels"], height // factor, width // factor)
     _check_generators(generator, batch_size)
     is_strength_max = strength == 1.0
     image_latents = None
-    if unet.config.in_channels == 4 or (latents is None and not is_strength_max):
-        image = init_image.to(device=device, dtype=dtype)
-        image_latents = encode_image(vae, image, generator)
+    if unet.config["in_channels"] == 4 or (latents is None and not is_strength_max):
+        image_latents = encode_image(vae, init_image.to(device=device, dtype=dtype), generator)
         image_latents = image_latents.repeat(batch_size // image_latents.shape[0], 1, 1, 1)
-    init_noise_sigma: Any = scheduler.init_noise_sigma  # pyright: ignore[reportAttributeAccessIssue]
+    init_noise_sigma = typed(scheduler).init_noise_sigma
     if latents is not None:
         noise = latents.to(device)
         return InpaintLatents(noise * init_noise_sigma, noise, image_latents)
     noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    if is_strength_max:
+    if image_latents is None or is_strength_max:
         return InpaintLatents(noise * init_noise_sigma, noise, image_latents)
     latent_timestep = timesteps[:1].repeat(batch_size)
-    noised: torch.Tensor = scheduler.add_noise(image_latents, noise, latent_timestep)  # pyright: ignore[reportAttributeAccessIssue]
+    noised = typed(scheduler).add_noise(image_latents, noise, latent_timestep)
     return InpaintLatents(noised, noise, image_latents)
 
 
@@ -193,6 +195,6 @@ def prepare_mask_latents(
         masked_image = masked_image_latents  # latents pass through encode_image unchanged
     masked_image_latents = encode_image(vae, masked_image.to(device=device, dtype=dtype), generator)
     return MaskLatents(
-        _repeat_to(mask, batch_size, "masks"),
-        _repeat_to(masked_image_latents, batch_size, "images"),
+        mask.repeat(_copies(mask, batch_size, "masks"), 1, 1, 1),
+        masked_image_latents.repeat(_copies(masked_image_latents, batch_size, "images"), 1, 1, 1),
     )

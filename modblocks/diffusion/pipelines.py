@@ -59,4 +59,4 @@ inpaint = (
 stable_diffusion = mb.switch({"mask_image": inpaint, "image": img2img}, default=text2img).named(
     "stable_diffusion"
 )
-"""Inpainting when `mask_image` is given, else image-to-image when `image` is, else text-to-image."""
+"""Inpainting if `mask_image` is given, else image-to-image if `image` is, else text-to-image."""

@@ -19,20 +19,25 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionInpaintPipeline,
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
-    UNet2DConditionModel,
 )
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
+    StableDiffusionInpaintPipeline,
+)
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
+    EulerAncestralDiscreteScheduler,
+)
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -59,6 +64,23 @@ _SCHEDULER_CONFIG: dict[str, Any] = {
     "clip_sample": False,
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
+}
+
+# As a dict because diffusers annotates these tuples as `tuple[int]` (one element).
+_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": (4, 8),
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "latent_channels": 4,
+    "norm_num_groups": 2,
+}
+# Without a safety checker, as diffusers' fast tests build the pipelines.
+_NO_SAFETY_CHECKER: dict[str, Any] = {
+    "safety_checker": None,
+    "feature_extractor": None,
+    "requires_safety_checker": False,
 }
 
 _CROSS_ATTENTION_DIM = 32
@@ -99,10 +121,10 @@ def tiny_scheduler(name: str = "ddim") -> SchedulerMixin:
     if name not in SCHEDULERS:
         msg = f"unknown scheduler {name!r}. Choose one of {', '.join(map(repr, SCHEDULERS))}."
         raise ValueError(msg)
-    cls = SCHEDULERS[name]
-    # from_config drops the keys a class does not know (e.g. skip_prk_steps for DDIM).
-    scheduler: SchedulerMixin = cls.from_config(_SCHEDULER_CONFIG)  # pyright: ignore[reportUnknownMemberType]
-    return scheduler
+    # Every scheduler is also a ConfigMixin, whose from_config drops the keys a class does not
+    # know (e.g. skip_prk_steps for DDIM).
+    cls = cast("type[ConfigMixin]", SCHEDULERS[name])
+    return cast("SchedulerMixin", cls.from_config(_SCHEDULER_CONFIG))
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -166,15 +188,7 @@ def tiny_sd_components(
             norm_num_groups=2,
         )
         torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            block_out_channels=[4, 8],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-            latent_channels=4,
-            norm_num_groups=2,
-        )
+        vae = AutoencoderKL(**_VAE_CONFIG)
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
@@ -192,7 +206,7 @@ def tiny_sd_components(
     return {
         "unet": unet.eval(),
         "vae": vae.eval(),
-        "text_encoder": text_encoder.eval(),
+        "text_encoder": torch.nn.Module.eval(text_encoder),
         "tokenizer": _tiny_tokenizer(),
         "scheduler": tiny_scheduler(scheduler),
     }
@@ -218,9 +232,7 @@ def save_tiny_sd(
     """
     components = tiny_sd_components(seed, inpaint_unet=inpaint_unet, scheduler=scheduler)
     pipeline_class = StableDiffusionInpaintPipeline if inpaint_unet else StableDiffusionPipeline
-    pipeline = pipeline_class(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    pipeline = pipeline_class(**components, **_NO_SAFETY_CHECKER)
     folder = Path(path)
-    pipeline.save_pretrained(folder)  # pyright: ignore[reportUnknownMemberType]
+    pipeline.save_pretrained(folder)
     return folder

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, NamedTuple
+import threading
+from typing import Annotated, NamedTuple, cast
 
 import torch
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
@@ -14,6 +15,11 @@ import modblocks as mb
 __all__ = ["PromptEmbeds", "encode_prompt"]
 
 logger = logging.getLogger(__name__)
+
+# A fast (Rust) tokenizer keeps its padding and truncation settings in the tokenizer itself,
+# and each call sets them: two threads tokenizing at once get each other's settings. So
+# tokenize under a lock; it takes microseconds next to the text encoder.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 class PromptEmbeds(NamedTuple):
@@ -34,17 +40,23 @@ def _tokenize(
     tokenizer: PreTrainedTokenizerBase, text: str | list[str], max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize *text* padded and truncated to *max_length*; return ids and attention mask."""
-    tokens = tokenizer(
-        text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-    )
-    return tokens.input_ids, tokens.attention_mask
+    with _TOKENIZER_LOCK:
+        tokens = tokenizer(
+            text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+    ids: torch.Tensor = tokens["input_ids"]
+    attention_mask: torch.Tensor = tokens["attention_mask"]
+    return ids, attention_mask
 
 
 def _warn_if_truncated(
     tokenizer: PreTrainedTokenizerBase, text: str | list[str], ids: torch.Tensor
 ) -> None:
     """Log the part of *text* that didn't fit, as diffusers does: it is silently ignored."""
-    untruncated: torch.Tensor = tokenizer(text, padding="longest", return_tensors="pt").input_ids
+    with _TOKENIZER_LOCK:
+        untruncated: torch.Tensor = tokenizer(text, padding="longest", return_tensors="pt")[
+            "input_ids"
+        ]
     if untruncated.shape[-1] >= ids.shape[-1] and not torch.equal(ids, untruncated):
         removed = tokenizer.batch_decode(untruncated[:, ids.shape[-1] - 1 : -1])
         logger.warning(
@@ -69,7 +81,9 @@ def _encode(
         return hidden
     states = text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
     # The last hidden state goes through the final LayerNorm; so must the earlier one we take.
-    skipped: torch.Tensor = text_encoder.text_model.final_layer_norm(states[-(clip_skip + 1)])
+    # transformers 5 moved it from `text_encoder.text_model` to the model itself.
+    model = getattr(text_encoder, "text_model", text_encoder)
+    skipped: torch.Tensor = model.final_layer_norm(states[-(clip_skip + 1)])
     return skipped
 
 
@@ -110,26 +124,22 @@ def encode_prompt(
     The same computation as `StableDiffusionPipeline.encode_prompt`, followed by the
     pipeline's concatenation `[negative, positive]` so that the UNet sees one batch.
     """
-    if (prompt is None) == (prompt_embeds is None):
-        msg = "give exactly one of `prompt` and `prompt_embeds`."
-        raise ValueError(msg)
     if negative_prompt is not None and negative_prompt_embeds is not None:
         msg = "give at most one of `negative_prompt` and `negative_prompt_embeds`."
         raise ValueError(msg)
-    if isinstance(prompt, str):
-        batch_size = 1
-    elif prompt is not None:
-        batch_size = len(prompt)
-    else:
-        assert prompt_embeds is not None
-        batch_size = prompt_embeds.shape[0]
     device, dtype = text_encoder.device, text_encoder.dtype
-
-    if prompt_embeds is None:
-        assert prompt is not None
-        tokens = _tokenize(tokenizer, prompt, tokenizer.model_max_length)
+    if prompt is not None and prompt_embeds is None:
+        batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        # transformers sets this attribute without an annotation.
+        max_length = cast("int", tokenizer.model_max_length)
+        tokens = _tokenize(tokenizer, prompt, max_length)
         _warn_if_truncated(tokenizer, prompt, tokens[0])
         prompt_embeds = _encode(text_encoder, tokens, clip_skip)
+    elif prompt is None and prompt_embeds is not None:
+        batch_size = prompt_embeds.shape[0]
+    else:
+        msg = "give exactly one of `prompt` and `prompt_embeds`."
+        raise ValueError(msg)
     prompt_embeds = _per_image(prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)
 
     do_cfg = guidance_scale > 1

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Any, Literal, Protocol, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from typing_extensions import Doc
 
 import modblocks as mb
@@ -35,9 +35,19 @@ Images: TypeAlias = list[PIL.Image.Image] | npt.NDArray[np.float32] | torch.Tens
 OutputType: TypeAlias = Literal["pil", "np", "pt", "latent"]
 
 
+class _Codec(Protocol):
+    """`AutoencoderKL.encode` and `decode`, whose decorator hides their types."""
+
+    def encode(self, x: torch.Tensor) -> Any:
+        """Return the latent distribution of *x*."""
+
+    def decode(self, z: torch.Tensor, *, return_dict: bool, generator: Generator) -> Any:
+        """Return images decoded from latents *z*."""
+
+
 def vae_scale_factor(vae: AutoencoderKL) -> int:
     """Return how many pixels one latent pixel covers along each side (8 for SD)."""
-    return int(2 ** (len(vae.config.block_out_channels) - 1))
+    return int(2 ** (len(vae.config["block_out_channels"]) - 1))
 
 
 @functools.cache
@@ -46,14 +56,17 @@ def image_processor(scale_factor: int, *, mask: bool = False) -> VaeImageProcess
 
     Processors hold only their configuration, so one per setting is shared by all runs.
     """
+    processor: VaeImageProcessor
     if mask:
-        return VaeImageProcessor(
+        processor = VaeImageProcessor(
             vae_scale_factor=scale_factor,
             do_normalize=False,
             do_binarize=True,
             do_convert_grayscale=True,
         )
-    return VaeImageProcessor(vae_scale_factor=scale_factor)
+    else:
+        processor = VaeImageProcessor(vae_scale_factor=scale_factor)
+    return processor
 
 
 def encode_image(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) -> torch.Tensor:
@@ -61,18 +74,19 @@ def encode_image(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) 
 
     Images that already have the VAE's latent channels are taken as latents.
     """
-    if image.shape[1] == vae.config.latent_channels:
+    if image.shape[1] == vae.config["latent_channels"]:
         return image
+    codec = cast("_Codec", vae)
     if isinstance(generator, list):
-        latents = torch.cat(
-            [
-                vae.encode(image[i : i + 1]).latent_dist.sample(generator[i])  # pyright: ignore[reportAttributeAccessIssue]
-                for i in range(image.shape[0])
-            ]
-        )
+        samples = [
+            codec.encode(image[i : i + 1]).latent_dist.sample(generator[i])
+            for i in range(image.shape[0])
+        ]
+        latents = torch.cat(samples)
     else:
-        latents = vae.encode(image).latent_dist.sample(generator)  # pyright: ignore[reportAttributeAccessIssue]
-    return vae.config.scaling_factor * latents
+        latents = codec.encode(image).latent_dist.sample(generator)
+    scaled: torch.Tensor = vae.config["scaling_factor"] * latents
+    return scaled
 
 
 @mb.block(output="decoded")
@@ -82,12 +96,13 @@ def decode_latents(
     vae: mb.Component[AutoencoderKL],
     generator: Annotated[Generator, Doc("random generator(s), for VAEs that sample")] = None,
     output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
-) -> torch.Tensor:
+) -> Annotated[torch.Tensor, Doc('images in [-1, 1], or the latents for `output_type` "latent"')]:
     """Decode latents into images in [-1, 1] (for output type "latent", keep the latents)."""
     if output_type == "latent":
         return latents
-    decoded: torch.Tensor = vae.decode(  # pyright: ignore[reportUnknownVariableType]
-        latents / vae.config.scaling_factor, return_dict=False, generator=generator
+    codec = cast("_Codec", vae)
+    decoded: torch.Tensor = codec.decode(
+        latents / vae.config["scaling_factor"], return_dict=False, generator=generator
     )[0]
     return decoded
 
@@ -96,10 +111,11 @@ def decode_latents(
 def postprocess(
     decoded: Annotated[torch.Tensor, Doc("decoded images in [-1, 1], or latents")],
     output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
-) -> Images:
+) -> Annotated[Images, Doc("the generated images, of type `output_type`")]:
     """Convert decoded images to the output type: PIL images, a NumPy array or a tensor."""
     # The scale factor only matters for resizing, which postprocessing never does.
-    images: Images = image_processor(8).postprocess(
+    images = image_processor(8).postprocess(
         decoded, output_type=output_type, do_denormalize=[True] * decoded.shape[0]
     )
-    return images
+    # diffusers annotates one PIL image, but "pil" gives a list of them.
+    return cast("Images", images)

@@ -43,3 +43,10 @@ encode([1.0], "2", Vae())  # type: ignore[arg-type]  # pyright: ignore[reportArg
 encode([1.0], 2, vae=1)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 double(1, z=3)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
 x: str = double(3)  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+
+assert_type(encode.__name__, str)
+assert_type(encode.__qualname__, str)
+assert_type(encode.__module__, str)
+assert_type(encode.__doc__, str | None)
+assert_type(encode.name, str)
+assert_type(encode.inputs, tuple[mb.InputSpec, ...])

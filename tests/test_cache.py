@@ -1,0 +1,631 @@
+"""`mb.Cache`: blocks whose inputs, components and code are unchanged are served, not run."""
+
+import functools
+import operator
+from collections import Counter
+from typing import NamedTuple
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import modblocks as mb
+from tests.strategies import build_block, chains, inputs_for, reference_run
+
+calls: Counter[str] = Counter()
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls():
+    calls.clear()
+
+
+# -- a small text-to-image chain: encode(prompt) > prepare(generator) > loop > decode ----------
+
+
+@mb.block(output="emb")
+def encode(prompt: str) -> torch.Tensor:
+    calls["encode"] += 1
+    return torch.arange(4, dtype=torch.float32) * len(prompt)
+
+
+@mb.block(output="latents")
+def prepare(emb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    calls["prepare"] += 1
+    return emb + torch.randn(4, generator=generator)
+
+
+@mb.block(output="latents")
+def step(latents: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+    calls["step"] += 1
+    return latents * 0.9 + 0.1 * t * torch.randn(4, generator=generator)
+
+
+@mb.block(output="image")
+def decode(latents: torch.Tensor) -> torch.Tensor:
+    calls["decode"] += 1
+    return latents.tanh()
+
+
+denoise = mb.loop(step, over="timesteps", name="denoise")
+t2i = (encode >> prepare >> denoise >> decode).named("t2i")
+
+
+def _t2i(cache: mb.Cache | None, seed: int, timesteps=(3, 2, 1), prompt="a cat", **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    state = t2i.run(
+        prompt=prompt, generator=generator, timesteps=list(timesteps), cache=cache, **kwargs
+    )
+    return state, generator
+
+
+# -- plain counting blocks ---------------------------------------------------------------------
+
+
+@mb.block(output="a")
+def first(x: int) -> int:
+    calls["first"] += 1
+    return x + 1
+
+
+@mb.block(output="b")
+def second(y: int) -> int:
+    calls["second"] += 1
+    return y * 10
+
+
+@mb.block(output="c")
+def combine(a: int, b: int) -> int:
+    calls["combine"] += 1
+    return a + b
+
+
+@mb.block(output="d")
+def last(c: int) -> int:
+    calls["last"] += 1
+    return -c
+
+
+chain = (first >> second >> combine >> last).named("chain")
+
+
+def test_cache_serves_every_block_on_an_identical_second_run():
+    cache = mb.Cache()
+    before = chain.run(x=1, y=2, cache=cache)
+    assert calls == {"first": 1, "second": 1, "combine": 1, "last": 1}
+    assert cache.stats() == mb.CacheStats(hits=0, misses=4, entries=4, bytes=0, evictions=0)
+    after = chain.run(x=1, y=2, cache=cache)
+    assert calls == {"first": 1, "second": 1, "combine": 1, "last": 1}
+    assert cache.stats().hits == 4
+    assert dict(after) == dict(before) == {"x": 1, "y": 2, "a": 2, "b": 20, "c": 22, "d": -22}
+    assert list(after) == list(before)
+
+
+def test_cache_reruns_only_the_changed_input_and_its_dependents():
+    cache = mb.Cache()
+    chain.run(x=1, y=2, cache=cache)
+    calls.clear()
+    report = mb.Report()
+    state = chain.run(x=1, y=3, cache=cache, events=report)
+    assert calls == {"second": 1, "combine": 1, "last": 1}
+    assert report.cached == ["chain > first"]
+    assert report.ran == ["chain > second", "chain > combine", "chain > last"]
+    assert state["d"] == -(2 + 30)
+
+
+def test_cache_change_in_the_other_branch_reruns_that_branch_only():
+    cache = mb.Cache()
+    chain.run(x=1, y=2, cache=cache)
+    calls.clear()
+    chain.run(x=2, y=2, cache=cache)
+    assert calls == {"first": 1, "combine": 1, "last": 1}
+
+
+def test_cache_without_a_cache_always_runs():
+    chain.run(x=1, y=2)
+    chain.run(x=1, y=2)
+    assert calls["first"] == 2
+
+
+def test_cache_fingerprints_plain_values_by_type_and_value():
+    cache = mb.Cache()
+    first.run(x=3, cache=cache)
+    first.run(x=3, cache=cache)
+    assert calls["first"] == 1
+    first.run(x=3.0, cache=cache)  # equal, but a float: another value
+    assert calls["first"] == 2
+
+
+def test_cache_equal_new_list_hits_and_changed_list_misses():
+    @mb.block(output="n")
+    def total(values: list) -> int:
+        calls["total"] += 1
+        return sum(values)
+
+    cache = mb.Cache()
+    total.run(values=[1, 2], cache=cache)
+    total.run(values=[1, 2], cache=cache)
+    assert calls["total"] == 1
+    assert total.run(values=[1, 3], cache=cache)["n"] == 4
+    assert calls["total"] == 2
+
+
+# -- generators: the seed-change scenario ------------------------------------------------------
+
+
+def test_cache_seed_change_reruns_only_what_reads_the_generator():
+    cache = mb.Cache()
+    _t2i(cache, seed=0)
+    calls.clear()
+    report = mb.Report()
+    cached, _ = _t2i(cache, seed=1, events=report)
+    assert calls == {"prepare": 1, "step": 3, "decode": 1}
+    assert report.cached == ["t2i > encode"]
+    assert report.ran == [
+        "t2i > prepare",
+        "t2i > denoise[step 0] > step",
+        "t2i > denoise[step 1] > step",
+        "t2i > denoise[step 2] > step",
+        "t2i > decode",
+    ]
+    uncached, _ = _t2i(None, seed=1)
+    assert torch.equal(cached["image"], uncached["image"])
+    assert torch.equal(cached["latents"], uncached["latents"])
+
+
+def test_cache_same_seed_serves_everything_and_matches_uncached_run_bit_for_bit():
+    cache = mb.Cache()
+    _t2i(cache, seed=5)
+    calls.clear()
+    report = mb.Report()
+    cached, _ = _t2i(cache, seed=5, events=report)
+    assert calls == {}
+    assert report.cached == ["t2i > encode", "t2i > prepare", "t2i > denoise", "t2i > decode"]
+    uncached, _ = _t2i(None, seed=5)
+    assert torch.equal(cached["image"], uncached["image"])
+
+
+def test_cache_hit_leaves_the_generator_as_an_uncached_run_would():
+    cache = mb.Cache()
+    _t2i(cache, seed=7)
+    _, cached_generator = _t2i(cache, seed=7)
+    _, plain_generator = _t2i(None, seed=7)
+    assert torch.equal(cached_generator.get_state(), plain_generator.get_state())
+    # ... so later draws are the same as after an uncached run.
+    assert torch.equal(
+        torch.randn(3, generator=cached_generator), torch.randn(3, generator=plain_generator)
+    )
+
+
+def test_cache_served_prepare_then_rerun_loop_draws_the_same_noise():
+    """`prepare` is a hit (generator restored to after it), the loop re-runs on new steps."""
+    cache = mb.Cache()
+    _t2i(cache, seed=3, timesteps=(3, 2, 1))
+    calls.clear()
+    cached, cached_generator = _t2i(cache, seed=3, timesteps=(5, 4))
+    assert calls == {"step": 2, "decode": 1}
+    uncached, plain_generator = _t2i(None, seed=3, timesteps=(5, 4))
+    assert torch.equal(cached["image"], uncached["image"])
+    assert torch.equal(cached_generator.get_state(), plain_generator.get_state())
+
+
+def test_cache_loop_is_one_unit_its_steps_are_not_cached_alone():
+    cache = mb.Cache()
+    _t2i(cache, seed=0, timesteps=(3, 2))
+    calls.clear()
+    report = mb.Report()
+    _t2i(cache, seed=0, timesteps=(3, 2, 1), events=report)
+    assert calls == {"step": 3, "decode": 1}  # steps 0 and 1 are the same, yet they run
+    assert report.cached == ["t2i > encode", "t2i > prepare"]
+
+
+def test_cache_loop_with_on_step_is_never_served():
+    seen = []
+    watched = mb.loop(step, over="timesteps", name="denoise", on_step=lambda s: seen.append(s))
+    pipe = (encode >> prepare >> watched >> decode).named("t2i")
+    cache = mb.Cache()
+    for _ in range(2):
+        pipe.run(
+            prompt="a", generator=torch.Generator().manual_seed(0), timesteps=[2, 1], cache=cache
+        )
+    assert calls == {"encode": 1, "prepare": 1, "step": 4, "decode": 2}
+    assert len(seen) == 4
+
+
+def test_cache_run_with_on_step_reruns_the_loop_and_what_follows():
+    cache = mb.Cache()
+    _t2i(cache, seed=0)
+    calls.clear()
+    steps = []
+    state, _ = _t2i(cache, seed=0, on_step=lambda s: steps.append(s.index))
+    assert steps == [0, 1, 2]
+    assert calls == {"step": 3, "decode": 1}
+    assert torch.equal(state["image"], _t2i(None, seed=0)[0]["image"])
+
+
+# -- purity --------------------------------------------------------------------------------------
+
+
+def test_cache_false_block_always_runs_and_its_dependents_rerun():
+    @mb.block(output="b", cache=False)
+    def impure(y: int) -> int:
+        calls["impure"] += 1
+        return y * 10
+
+    pipe = (first >> impure >> combine >> last).named("p")
+    cache = mb.Cache()
+    pipe.run(x=1, y=2, cache=cache)
+    calls.clear()
+    report = mb.Report()
+    pipe.run(x=1, y=2, cache=cache, events=report)
+    assert calls == {"impure": 1, "combine": 1, "last": 1}
+    assert report.cached == ["p > first"]
+
+
+# -- tensors -------------------------------------------------------------------------------------
+
+
+@mb.block(output="y")
+def double(x: torch.Tensor) -> torch.Tensor:
+    calls["double"] += 1
+    return x * 2
+
+
+def test_cache_same_tensor_hits_and_equal_new_tensor_misses_by_default():
+    cache = mb.Cache()
+    x = torch.ones(3)
+    double.run(x=x, cache=cache)
+    double.run(x=x, cache=cache)
+    assert calls["double"] == 1
+    double.run(x=torch.ones(3), cache=cache)  # identity, not contents, by default
+    assert calls["double"] == 2
+
+
+def test_cache_misses_after_an_inplace_change_of_an_input_tensor():
+    cache = mb.Cache()
+    x = torch.ones(3)
+    double.run(x=x, cache=cache)
+    x.add_(1)
+    y = double.run(x=x, cache=cache)["y"]
+    assert calls["double"] == 2
+    assert torch.equal(y, torch.full((3,), 4.0))
+
+
+def test_cache_hash_tensors_hits_for_an_equal_new_tensor():
+    cache = mb.Cache(hash_tensors=True)
+    double.run(x=torch.ones(3), cache=cache)
+    double.run(x=torch.ones(3), cache=cache)
+    assert calls["double"] == 1
+    x = torch.ones(3)
+    double.run(x=x, cache=cache)
+    x[0] = 5.0
+    assert double.run(x=x, cache=cache)["y"].tolist() == [10.0, 2.0, 2.0]
+    double.run(x=torch.ones(3, dtype=torch.float64), cache=cache)  # same values, other dtype
+    assert calls["double"] == 3
+
+
+def test_cache_inplace_change_of_an_inference_tensor_misses():
+    """Inference tensors (what a Pipeline returns) keep no version counter."""
+    cache = mb.Cache()
+    with torch.inference_mode():
+        x = torch.ones(3)
+        double.run(x=x, cache=cache)
+        x.add_(1)
+        y = double.run(x=x, cache=cache)["y"]
+    assert torch.equal(y, torch.full((3,), 4.0))
+
+
+def test_cache_output_changed_in_place_by_the_caller_is_not_served():
+    """A cached result the caller modified since is not what the block returned."""
+    cache = mb.Cache()
+    x = torch.ones(3)
+    y = double.run(x=x, cache=cache)["y"]
+    y.add_(100)  # the caller post-processes the result in place
+    again = double.run(x=x, cache=cache)["y"]
+    assert torch.equal(again, torch.full((3,), 2.0))
+
+
+# -- components ----------------------------------------------------------------------------------
+
+
+@mb.block(output="h")
+def project(x: torch.Tensor, proj: mb.Component[torch.nn.Linear]) -> torch.Tensor:
+    calls["project"] += 1
+    return proj(x.to(proj.weight.dtype))
+
+
+@mb.block(output="out")
+def finish(h: torch.Tensor) -> torch.Tensor:
+    calls["finish"] += 1
+    return h.sum(dim=-1)
+
+
+@mb.block(output="other")
+def unrelated(x: torch.Tensor) -> torch.Tensor:
+    calls["unrelated"] += 1
+    return x - 1
+
+
+projection = (unrelated >> project >> finish).named("proj_chain")
+
+
+def _linear(seed: int) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(3, 2)
+
+
+def test_touch_makes_blocks_reading_the_component_rerun():
+    cache = mb.Cache()
+    lin = _linear(0)
+    x = torch.ones(1, 3)
+    with torch.no_grad():
+        before = projection.run(x=x, proj=lin, cache=cache)["out"]
+        lin.bias.add_(1.0)
+    mb.touch(lin)
+    calls.clear()
+    with torch.no_grad():
+        after = projection.run(x=x, proj=lin, cache=cache)["out"]
+    assert calls == {"project": 1, "finish": 1}
+    assert torch.allclose(after, before + 2.0)
+
+
+def test_pipeline_with_components_swap_reruns_blocks_using_it():
+    cache = mb.Cache()
+    x = torch.ones(1, 3)
+    pipe = mb.Pipeline(projection, components={"proj": _linear(0)}, cache=cache)
+    pipe(x=x)
+    other = pipe.with_components(proj=_linear(1))
+    calls.clear()
+    report = mb.Report()
+    swapped = other.run(x=x, events=report)["out"]
+    assert calls == {"project": 1, "finish": 1}
+    assert report.cached == ["proj_chain > unrelated"]
+    expected = mb.Pipeline(projection, components={"proj": _linear(1)})(x=x, output="out")
+    assert torch.equal(swapped, expected)
+    calls.clear()
+    pipe(x=x)  # the original pipeline's results are still valid
+    assert calls == {}
+
+
+def test_pipeline_to_dtype_reruns_blocks_using_the_moved_component():
+    cache = mb.Cache()
+    x = torch.ones(1, 3)
+    pipe = mb.Pipeline(projection, components={"proj": _linear(0)}, cache=cache)
+    pipe(x=x)
+    calls.clear()
+    out = pipe.to(dtype=torch.float64)(x=x, output="out")
+    assert calls == {"project": 1, "finish": 1}
+    assert out.dtype == torch.float64
+
+
+# -- LRU -----------------------------------------------------------------------------------------
+
+
+def test_cache_evicts_least_recently_used_beyond_max_entries():
+    cache = mb.Cache(max_entries=2)
+    first.run(x=1, cache=cache)
+    first.run(x=2, cache=cache)
+    first.run(x=1, cache=cache)  # hit: x=1 is now the most recently used
+    first.run(x=3, cache=cache)  # evicts x=2
+    stats = cache.stats()
+    assert (stats.entries, stats.evictions) == (2, 1)
+    assert calls["first"] == 3
+    first.run(x=1, cache=cache)
+    first.run(x=3, cache=cache)
+    assert calls["first"] == 3
+    first.run(x=2, cache=cache)
+    assert calls["first"] == 4
+    assert cache.stats().evictions == 2
+
+
+@mb.block(output="t")
+def filled(v: float, n: int = 4) -> torch.Tensor:
+    calls["filled"] += 1
+    return torch.full((n,), v)  # float32: 4 bytes per element
+
+
+def test_cache_evicts_least_recently_used_beyond_max_bytes():
+    cache = mb.Cache(max_bytes=40)
+    filled.run(v=1.0, cache=cache)
+    filled.run(v=2.0, cache=cache)
+    assert cache.stats() == mb.CacheStats(hits=0, misses=2, entries=2, bytes=32, evictions=0)
+    filled.run(v=3.0, cache=cache)
+    stats = cache.stats()
+    assert (stats.entries, stats.bytes, stats.evictions) == (2, 32, 1)
+    filled.run(v=1.0, cache=cache)  # the evicted one runs again
+    assert calls["filled"] == 4
+
+
+def test_cache_result_larger_than_max_bytes_is_not_stored_and_evicts_nothing():
+    cache = mb.Cache(max_bytes=40)
+    filled.run(v=1.0, cache=cache)
+    filled.run(v=1.0, n=100, cache=cache)
+    stats = cache.stats()
+    assert (stats.entries, stats.bytes, stats.evictions) == (1, 16, 0)
+    filled.run(v=1.0, n=100, cache=cache)
+    assert calls["filled"] == 3
+
+
+def test_cache_clear_drops_entries_and_keeps_counters():
+    cache = mb.Cache()
+    filled.run(v=1.0, cache=cache)
+    filled.run(v=1.0, cache=cache)
+    cache.clear()
+    assert cache.stats() == mb.CacheStats(hits=1, misses=1, entries=0, bytes=0, evictions=0)
+    filled.run(v=1.0, cache=cache)
+    assert calls["filled"] == 2
+
+
+# -- the in-place check --------------------------------------------------------------------------
+
+
+@mb.block(output="y")
+def double_inplace(x: torch.Tensor) -> torch.Tensor:
+    return x.mul_(2)
+
+
+def test_cache_check_inplace_raises_block_error_naming_block_and_value():
+    with pytest.raises(mb.BlockError, match=r"`double_inplace`.*`x`.*in place") as info:
+        double_inplace.run(x=torch.ones(3), cache=mb.Cache(check_inplace=True))
+    assert info.value.block == "double_inplace"
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_cache_check_inplace_is_off_by_default():
+    x = torch.ones(3)
+    double_inplace.run(x=x, cache=mb.Cache())
+    assert x.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_cache_check_inplace_accepts_blocks_returning_new_tensors():
+    state = t2i.run(
+        prompt="a",
+        generator=torch.Generator().manual_seed(0),
+        timesteps=[1],
+        cache=mb.Cache(check_inplace=True),
+    )
+    assert state["image"].shape == (4,)
+
+
+def test_cache_check_inplace_covers_blocks_inside_loops():
+    @mb.block(output="latents")
+    def start(n: int) -> torch.Tensor:
+        return torch.ones(n)
+
+    @mb.block(output="latents")
+    def step_inplace(latents: torch.Tensor, t: int) -> torch.Tensor:
+        return latents.add_(t)  # corrupts `start`'s cached result
+
+    pipe = (start >> mb.loop(step_inplace, over="timesteps", name="denoise")).named("p")
+    with pytest.raises(mb.BlockError, match=r"step_inplace.*`latents`") as info:
+        pipe.run(n=2, timesteps=[1, 2], cache=mb.Cache(check_inplace=True))
+    assert info.value.block == "step_inplace"
+
+
+# -- resume after a failure ----------------------------------------------------------------------
+
+
+@mb.block(output="mixed")
+def mix(emb: torch.Tensor, strength: float) -> torch.Tensor:
+    calls["mix"] += 1
+    if not 0 <= strength <= 1:
+        msg = f"strength must be in [0, 1], got {strength}"
+        raise ValueError(msg)
+    return emb * strength
+
+
+@mb.block(output="image")
+def render(mixed: torch.Tensor) -> torch.Tensor:
+    calls["render"] += 1
+    return mixed + 1
+
+
+def test_cache_second_call_after_failure_reruns_only_the_failed_block_and_after():
+    pipe = (encode >> mix >> render).named("p")
+    cache = mb.Cache()
+    with pytest.raises(mb.BlockError, match="strength") as info:
+        pipe.run(prompt="a cat", strength=2.0, cache=cache)
+    assert info.value.block == "mix"
+    calls.clear()
+    report = mb.Report()
+    state = pipe.run(prompt="a cat", strength=0.5, cache=cache, events=report)
+    assert calls == {"mix": 1, "render": 1}
+    assert report.cached == ["p > encode"]
+    assert report.ran == ["p > mix", "p > render"]
+    assert torch.equal(state["image"], pipe.run(prompt="a cat", strength=0.5)["image"])
+
+
+# -- identity: what makes a block "the same code" ------------------------------------------------
+
+
+def _scaler(factor: int) -> mb.Block:
+    @mb.block(output="y")
+    def scale(x: int) -> int:
+        return x * factor
+
+    return scale
+
+
+def test_cache_distinguishes_blocks_with_different_closure_values():
+    cache = mb.Cache()
+    assert _scaler(2).run(x=3, cache=cache)["y"] == 6
+    assert _scaler(3).run(x=3, cache=cache)["y"] == 9
+
+
+def _producer(*fields: str) -> mb.Block:
+    Out = NamedTuple("Out", [(field, int) for field in fields])  # fields chosen at run time
+
+    @mb.block
+    def produce(x: int) -> Out:
+        return Out(*(x + k for k in range(len(fields))))
+
+    return produce
+
+
+def test_cache_distinguishes_blocks_with_different_outputs():
+    cache = mb.Cache()
+    assert dict(_producer("a").run(x=1, cache=cache)) == {"x": 1, "a": 1}
+    assert dict(_producer("a", "b").run(x=1, cache=cache)) == {"x": 1, "a": 1, "b": 2}
+
+
+def test_cache_changed_block_code_misses():
+    @mb.block(output="y")
+    def scale(x: int) -> int:
+        return x * 2
+
+    cache = mb.Cache()
+    assert scale.run(x=3, cache=cache)["y"] == 6
+
+    @mb.block(output="y")
+    def scale(x: int) -> int:  # redefined, as in a notebook
+        return x * 3
+
+    assert scale.run(x=3, cache=cache)["y"] == 9
+
+
+def test_cache_bound_generator_is_keyed_by_its_state():
+    @mb.block(output="noise")
+    def draw(generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(2, generator=generator)
+
+    plain = draw.bind(generator=torch.Generator().manual_seed(0))
+    expected = [plain.run()["noise"] for _ in range(2)]
+    cached = draw.bind(generator=torch.Generator().manual_seed(0))
+    cache = mb.Cache()
+    actual = [cached.run(cache=cache)["noise"] for _ in range(2)]
+    assert torch.equal(actual[0], expected[0])
+    assert torch.equal(actual[1], expected[1])  # the generator moved on: a new draw
+
+
+def test_cache_renamed_sequence_keys_follow_the_outer_values():
+    @mb.block(output="a")
+    def read_x(x: int) -> int:
+        return x + 1
+
+    @mb.block(output="z")
+    def times100(x: int) -> int:
+        return x * 100
+
+    inner = (times100 >> last.rename(c="z")).named("inner").rename(x="y")
+    pipe = read_x >> inner
+    cache = mb.Cache()
+    pipe.run(x=1, y=10, cache=cache)
+    assert dict(pipe.run(x=1, y=20, cache=cache)) == dict(pipe.run(x=1, y=20))
+
+
+# -- the property: a cached run is indistinguishable from an uncached one ------------------------
+
+
+@given(data=st.data())
+def test_cache_random_chains_cached_run_equals_uncached_run(data):
+    specs = data.draw(chains())
+    node = functools.reduce(operator.rshift, [build_block(s) for s in specs])
+    before = data.draw(inputs_for(specs), label="first inputs")
+    changes = data.draw(inputs_for(specs), label="changed values")
+    keep = data.draw(st.sets(st.sampled_from(sorted(changes))) if changes else st.just(set()))
+    after = {**before, **{k: v for k, v in changes.items() if k not in keep}}
+    cache = mb.Cache()
+    assert dict(node.run(cache=cache, **before)) == reference_run(specs, before)
+    assert dict(node.run(cache=cache, **after)) == dict(node.run(**after))
+    assert dict(node.run(cache=cache, **after)) == reference_run(specs, after)
