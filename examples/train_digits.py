@@ -130,17 +130,21 @@ def build_unet() -> UNet2DModel:
     )
 
 
-def build_train_scheduler() -> DDPMScheduler:
+def build_train_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     """Build the DDPM noise scheduler used for training.
 
+    Args:
+        prediction_type: What the UNet predicts: ``"epsilon"`` (the noise) or
+            ``"v_prediction"``.
+
     Returns:
-        A :class:`diffusers.DDPMScheduler` with 1000 steps, a cosine
-        (``squaredcos_cap_v2``) schedule and epsilon prediction.
+        A :class:`diffusers.DDPMScheduler` with 1000 steps and a cosine
+        (``squaredcos_cap_v2``) schedule.
     """
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         clip_sample=True,
     )
 
@@ -199,6 +203,7 @@ def train(
     seed: int = 0,
     augment: bool = False,
     log_every: int = 50,
+    prediction_type: str = "epsilon",
 ) -> tuple[UNet2DModel, DDPMScheduler]:
     """Train the class-conditional UNet on the sklearn digits.
 
@@ -213,6 +218,8 @@ def train(
         seed: Seed of every random choice (init, batches, noise, timesteps).
         augment: If true, shift images randomly by up to one pixel.
         log_every: Print the running loss every this many steps.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (see
+            :func:`build_train_scheduler`).
 
     Returns:
         A tuple ``(unet, scheduler)``: the EMA UNet in eval mode and the DDPM
@@ -227,7 +234,7 @@ def train(
     ema = build_unet()
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    scheduler = build_train_scheduler()
+    scheduler = build_train_scheduler(prediction_type)
     num_t = scheduler.config.num_train_timesteps
 
     steps_per_epoch = math.ceil(n / batch_size)
@@ -236,16 +243,22 @@ def train(
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: (s + 1) / warmup if s < warmup
-        else 0.5 * (1.0 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup))),
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1.0 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup)))
+        ),
     )
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"UNet parameters: {n_params:,}; {epochs} epochs x {steps_per_epoch} steps = {total_steps} steps")
+    print(
+        f"UNet parameters: {n_params:,}; {epochs} epochs x {steps_per_epoch} steps = {total_steps} steps"
+    )
 
     unet.train()
     step = 0
     running = 0.0
     start = time.time()
+    cpu_start = time.process_time()
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
@@ -261,7 +274,8 @@ def train(
             t = torch.randint(0, num_t, (x0.shape[0],), generator=gen)
             xt = scheduler.add_noise(x0, noise, t)
             pred = unet(xt, t, class_labels=y).sample
-            loss = F.mse_loss(pred, noise)
+            target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+            loss = F.mse_loss(pred, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -285,7 +299,10 @@ def train(
     for be, b in zip(ema.buffers(), unet.buffers()):
         be.copy_(b)
     ema.eval()
-    print(f"training took {(time.time() - start) / 60:.1f} min")
+    print(
+        f"training took {(time.time() - start) / 60:.1f} min wall, "
+        f"{(time.process_time() - cpu_start) / 60:.1f} min CPU ({torch.get_num_threads()} threads)"
+    )
     return ema, scheduler
 
 
@@ -330,7 +347,9 @@ def sample(
     use_cfg = guidance_scale != 1.0
     class_labels = torch.cat([torch.full_like(cond, NULL_CLASS), cond]) if use_cfg else cond
 
-    x = torch.randn((n, unet.config.in_channels, size, size), generator=generator, dtype=torch.float32)
+    x = torch.randn(
+        (n, unet.config.in_channels, size, size), generator=generator, dtype=torch.float32
+    )
     x = (x * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:
@@ -362,7 +381,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 10, scale: int
     grid = torch.full((rows * (h + pad) + pad, nrow * (w + pad) + pad), 64, dtype=torch.uint8)
     for i in range(n):
         r, c = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = imgs[i, 0]
+        grid[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + c * (w + pad) : pad + c * (w + pad) + w,
+        ] = imgs[i, 0]
     img = Image.fromarray(grid.numpy(), mode="L")
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.save(path)
@@ -437,15 +459,23 @@ def evaluate(
 
     labels = [d for d in range(10) for _ in range(samples_per_digit)]
     gen = torch.Generator().manual_seed(seed)
-    images = sample(unet, scheduler, labels, steps=steps, guidance_scale=guidance_scale, generator=gen)
+    images = sample(
+        unet, scheduler, labels, steps=steps, guidance_scale=guidance_scale, generator=gen
+    )
     pred = classifier.predict(to_sklearn_features(images))
     target = np.asarray(labels)
     hits = pred == target
     per_digit = [float(hits[target == d].mean()) for d in range(10)]
 
     start = time.perf_counter()
-    sample(unet, scheduler, list(range(10)), steps=steps, guidance_scale=guidance_scale,
-           generator=torch.Generator().manual_seed(seed + 1))
+    sample(
+        unet,
+        scheduler,
+        list(range(10)),
+        steps=steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
     seconds = time.perf_counter() - start
 
     if grid_path is not None:
@@ -469,18 +499,23 @@ def main(argv: list[str] | None = None) -> None:
         argv: Command-line arguments (defaults to ``sys.argv[1:]``).
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="weights folder to write/read")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="weights folder to write/read"
+    )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--cond-drop", type=float, default=0.12)
     parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon")
     parser.add_argument("--augment", action="store_true", help="random one-pixel shifts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-only", action="store_true", help="skip training, evaluate --output")
     parser.add_argument("--samples-per-digit", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps for evaluation")
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps for evaluation"
+    )
     parser.add_argument("--guidance-scale", type=float, nargs="+", default=[DEFAULT_GUIDANCE_SCALE])
     parser.add_argument("--grid", type=Path, default=Path("/tmp/digits_grid.png"))
     args = parser.parse_args(argv)
@@ -495,6 +530,7 @@ def main(argv: list[str] | None = None) -> None:
             ema_decay=args.ema_decay,
             seed=args.seed,
             augment=args.augment,
+            prediction_type=args.prediction_type,
         )
         save_model(unet, train_sched, args.output)
         print(f"saved to {args.output}")
@@ -504,8 +540,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"classifier accuracy on held-out real digits: {clf_acc:.4f}")
     for g in args.guidance_scale:
         res = evaluate(
-            unet, scheduler, samples_per_digit=args.samples_per_digit, steps=args.steps,
-            guidance_scale=g, seed=args.seed, classifier=classifier,
+            unet,
+            scheduler,
+            samples_per_digit=args.samples_per_digit,
+            steps=args.steps,
+            guidance_scale=g,
+            seed=args.seed,
+            classifier=classifier,
             grid_path=args.grid if g == args.guidance_scale[0] else None,
         )
         per = " ".join(f"{p:.2f}" for p in res["per_digit"])

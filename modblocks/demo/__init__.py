@@ -12,16 +12,18 @@ Run it with ``python -m modblocks.demo --digits 0123456789 --out digits.png``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import Annotated, NamedTuple, cast
 
 import torch
-from diffusers import UNet2DModel
+from diffusers.models.unets.unet_2d import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from typing_extensions import Doc
 
 import modblocks as mb
+from modblocks.diffusion._scheduler import typed
 
 __all__ = [
     "MODEL_PATH",
@@ -80,8 +82,8 @@ def set_timesteps(
 ) -> Timesteps:
     """Set the timesteps on a copy of the scheduler, so concurrent runs never share one."""
     scheduler = copy.deepcopy(scheduler)
-    scheduler.set_timesteps(num_inference_steps)  # type: ignore[attr-defined]
-    return Timesteps(scheduler.timesteps, scheduler)  # type: ignore[attr-defined]
+    typed(scheduler).set_timesteps(num_inference_steps)
+    return Timesteps(typed(scheduler).timesteps, scheduler)
 
 
 @mb.block(output="latents")
@@ -92,10 +94,10 @@ def prepare_latents(
     generator: Annotated[torch.Generator | None, Doc("seeds the initial noise")] = None,
 ) -> torch.Tensor:
     """Draw the initial noise, scaled as the scheduler expects."""
-    size = unet.config.sample_size
-    shape = (batch_size, unet.config.in_channels, size, size)
+    size = int(unet.config["sample_size"])
+    shape = (batch_size, int(unet.config["in_channels"]), size, size)
     noise = torch.randn(shape, generator=generator)
-    return noise * scheduler.init_noise_sigma  # type: ignore[attr-defined, no-any-return]
+    return noise * typed(scheduler).init_noise_sigma
 
 
 @mb.block(output="noise_pred")
@@ -110,12 +112,13 @@ def predict_noise(
     """Predict the noise, with classifier-free guidance in one batched UNet call."""
     guided = guidance_scale != 1.0
     model_input = torch.cat([latents, latents]) if guided else latents
-    model_input = scheduler.scale_model_input(model_input, t)  # type: ignore[attr-defined]
-    noise = unet(model_input, t, class_labels=class_labels).sample
+    model_input = typed(scheduler).scale_model_input(model_input, t)
+    forward = cast("Callable[..., tuple[torch.Tensor]]", unet.forward)
+    noise = forward(model_input, t, class_labels=class_labels, return_dict=False)[0]
     if not guided:
-        return noise  # type: ignore[no-any-return]
+        return noise
     uncond, cond = noise.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)  # type: ignore[no-any-return]
+    return uncond + guidance_scale * (cond - uncond)
 
 
 @mb.block(output="latents")
@@ -126,7 +129,8 @@ def scheduler_step(
     scheduler: SchedulerMixin,
 ) -> torch.Tensor:
     """Take one denoising step."""
-    return scheduler.step(noise_pred, t, latents).prev_sample  # type: ignore[attr-defined, no-any-return]
+    stepped: torch.Tensor = typed(scheduler).step(noise_pred, t, latents).prev_sample
+    return stepped
 
 
 @mb.block(output="latents")
@@ -142,10 +146,10 @@ def repaint_known(
     """Put back the known pixels, noised to the level of the next step (RePaint-style)."""
     if i + 1 < len(timesteps):
         noise = torch.randn(image.shape, generator=generator)
-        known = scheduler.add_noise(image, noise, timesteps[i + 1 : i + 2])  # type: ignore[attr-defined]
+        known = typed(scheduler).add_noise(image, noise, timesteps[i + 1 : i + 2])
     else:
         known = image
-    return mask_image * latents + (1 - mask_image) * known  # type: ignore[no-any-return]
+    return mask_image * latents + (1 - mask_image) * known
 
 
 denoise = mb.loop(

@@ -6,12 +6,13 @@ import argparse
 import time
 
 import torch
+from PIL import Image
 
 from modblocks.demo import load_pipeline, make_grid
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Generate a grid of digits (and, with ``--repaint``, a row with their lower halves redrawn)."""
+    """Draw a grid of digits; ``--repaint`` adds a row with their lower halves redrawn."""
     parser = argparse.ArgumentParser(prog="python -m modblocks.demo", description=__doc__)
     parser.add_argument("--digits", default="0123456789", help="digits to draw (default: all)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
@@ -31,12 +32,12 @@ def main(argv: list[str] | None = None) -> None:
         "num_inference_steps": args.steps,
         "guidance_scale": args.guidance_scale,
     }
-    drawn = pipe(**inputs, generator=torch.Generator().manual_seed(args.seed))
-    rows = [drawn["images"]]
+    drawn = pipe.run(**inputs, generator=torch.Generator().manual_seed(args.seed))
+    rows: list[list[Image.Image]] = [drawn["images"]]
     if args.repaint:
         mask = torch.zeros_like(drawn["pixels"])
         mask[..., mask.shape[-2] // 2 :, :] = 1.0  # redraw the lower half
-        again = pipe(
+        again = pipe.run(
             **inputs,
             image=drawn["pixels"],
             mask_image=mask,
