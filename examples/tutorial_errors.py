@@ -75,6 +75,12 @@ def load_from_the_hub() -> None:
     mb.Pipeline.from_pretrained("runwayml/stable-diffusion-v1-5", prepare_latents)
 
 
+def map_with_a_failing_item() -> None:
+    """Run the pipeline over two items; the second fails, the first's result is kept."""
+    items = [{"batch_size": 1, "timesteps": [1000]}, {"batch_size": 1, "timesteps": [500]}]
+    mb.Pipeline(text2img, inference_mode=False).map(items, output="latents")
+
+
 denoise = mb.loop(scheduler_step, over="timesteps", name="denoise")
 text2img = (prepare_latents >> denoise).named("text2img")
 
@@ -87,3 +93,4 @@ if __name__ == "__main__":
     show(lambda: text2img.run(batch_size=2, timesteps=[1000, 750, 500, 250]))
     show(cancel_during_the_loop)
     show(load_from_the_hub)
+    show(map_with_a_failing_item)

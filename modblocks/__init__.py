@@ -32,6 +32,7 @@ from ._state import State as State
 from .exceptions import BlockError as BlockError
 from .exceptions import CancelledError as CancelledError
 from .exceptions import DefinitionError as DefinitionError
+from .exceptions import MapError as MapError
 from .exceptions import MissingInputError as MissingInputError
 from .exceptions import ModblocksError as ModblocksError
 from .exceptions import OutputError as OutputError
@@ -54,6 +55,7 @@ __all__ = [
     "Event",
     "InputSpec",
     "Loop",
+    "MapError",
     "MissingInputError",
     "ModblocksError",
     "Node",

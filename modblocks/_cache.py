@@ -235,6 +235,11 @@ class Cache:
         self._lock = threading.Lock()
         self._hits = self._misses = self._bytes = self._evictions = 0
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Entries hold tensors of this process and a lock: a copy starts empty.
+        options = (self.max_entries, self.max_bytes, self.hash_tensors, self.check_inplace)
+        return (_empty_cache, options)
+
     def get(self, key: bytes) -> _Entry | None:
         """Return the entry stored under *key* (and mark it recently used), or None."""
         with self._lock:
@@ -286,6 +291,17 @@ class Cache:
     def __repr__(self) -> str:
         s = self.stats()
         return f"Cache(entries={s.entries}, bytes={s.bytes}, hits={s.hits}, misses={s.misses})"
+
+
+def _empty_cache(
+    max_entries: int | None, max_bytes: int | None, hash_tensors: bool, check_inplace: bool
+) -> Cache:
+    return Cache(
+        max_entries=max_entries,
+        max_bytes=max_bytes,
+        hash_tensors=hash_tensors,
+        check_inplace=check_inplace,
+    )
 
 
 def key_of(

@@ -39,8 +39,15 @@ import types
 import typing
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
-from typing import Any, ClassVar, Final, Literal, TypeAlias, cast
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from typing import Any, TypeAlias, cast
 
 import attrs
 
@@ -50,7 +57,7 @@ from ._pipeline import Pipeline
 from ._progress import open_bar
 from ._run import did_you_mean
 from ._state import summarize
-from .exceptions import ModblocksError, UnknownInputError
+from .exceptions import FAILED, MapError, UnknownInputError
 
 __all__ = ["FAILED", "MapError", "batchable_inputs", "map_pipeline", "run_items"]
 
@@ -58,42 +65,11 @@ Output: TypeAlias = "str | Sequence[str] | None"
 Outcome: TypeAlias = "tuple[bool, Any]"  # (True, result) or (False, exception)
 
 
-class _Failed(enum.Enum):
-    FAILED = enum.auto()
-
-    def __repr__(self) -> str:
-        return "MapError.FAILED"
-
-
-FAILED: Final = _Failed.FAILED
-"""Stands in `MapError.results` for an item that failed."""
-
-
 class _Signal(enum.Enum):
     MISS = enum.auto()  # a task found no pipeline for its token and carried no payload
 
 
 _MAX_LISTED = 5  # failures spelled out in a MapError message
-
-
-class MapError(ModblocksError, RuntimeError):
-    """Some items of `Pipeline.map` failed; the results of the others are kept.
-
-    Attributes:
-        results: one entry per input item, in input order: its result, or `MapError.FAILED`
-            for an item that failed.
-        failures: the exception of each failed item, by its index in the inputs.
-        inputs: the inputs of each failed item, by index (to run them again).
-
-    Example:
-        ``except mb.MapError as err: retry = pipe.map(err.inputs.values())`` runs the failed
-        items again; ``[r for r in err.results if r is not err.FAILED]`` are the good ones.
-    """
-
-    FAILED: ClassVar[Literal[_Failed.FAILED]] = FAILED
-    results: Sequence[Any] = ()
-    failures: Mapping[int, BaseException] = types.MappingProxyType({})
-    inputs: Mapping[int, Any] = types.MappingProxyType({})
 
 
 # -- which inputs stack --------------------------------------------------------------------
@@ -182,7 +158,7 @@ def _plan(
         stack = tuple(n for n in batched if n in item)
         stackable = bool(stack) and not any(isinstance(item[n], (list, tuple)) for n in stack)
         if stackable:
-            rest = tuple(sorted((k, _value_key(v)) for k, v in item.items() if k not in stack))
+            rest = frozenset((k, _value_key(v)) for k, v in item.items() if k not in stack)
             key: Any = (stack, rest)
         else:
             key, stack = None, ()  # runs alone, but still rides in a chunk
@@ -519,8 +495,6 @@ def map_pipeline(
         _Chunk(tuple(valid[i] for i in chunk.indices), chunk.stack)
         for chunk in _plan([items[i] for i in valid], batch_size, batched)
     ]
-    token = _token(pipe)
-    _LOCAL[token] = pipe
     bar = open_bar(len(items), "map", None)
     if bar is not None and finished:
         bar.update(len(finished))
@@ -539,7 +513,7 @@ def map_pipeline(
                     chunk, run_items(pipe, [items[i] for i in chunk.indices], output, chunk.stack)
                 )
         else:
-            _run_on(executor, pipe, token, items, plan, output, record)
+            _run_on(executor, pipe, items, plan, output, record)
     finally:
         if bar is not None:
             bar.close()
@@ -549,16 +523,19 @@ def map_pipeline(
 def _run_on(
     executor: Executor,
     pipe: Pipeline,
-    token: str,
     items: list[Any],
     plan: list[_Chunk],
     output: Output,
     record: Callable[[_Chunk, list[Outcome]], None],
 ) -> None:
+    token = _token(pipe)
+    _LOCAL[token] = pipe  # workers in this process (and forked from it) find it here
     dispatch = _Dispatch(pipe, executor, token)
-    # A bounded number of tasks in flight, so that a task sent again after a miss is not
-    # queued behind all the others.
-    limit = 2 * _worker_count(executor) + 2
+    # A bounded number of tasks in flight: where a task can miss, few, so that it is not sent
+    # again behind all the others; elsewhere (threads, Dask) enough to hide the latency.
+    workers = _worker_count(executor)
+    misses = dispatch.client is None and not isinstance(executor, ThreadPoolExecutor)
+    limit = 2 * workers + 2 if misses else 16 * workers + 16
     todo = collections.deque(plan)
     pending: dict[Future[list[Outcome] | _Signal], _Chunk] = {}
 
@@ -586,7 +563,8 @@ def _run_on(
                     send(chunk, heavy=True)
                 else:
                     record(chunk, result)
-        dispatch.done()
+        if plan:
+            dispatch.done()
     finally:
         for future in pending:
             future.cancel()

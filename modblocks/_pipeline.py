@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from types import MappingProxyType
 from typing import Any, cast, overload
@@ -124,6 +124,7 @@ class Pipeline:
         batch_size: int = 1,
         output: str | Sequence[str] | None = "images",
         ordered: bool = True,
+        batch: Collection[str] | None = None,
     ) -> list[Any]:
         """Run the pipeline over many input dicts, locally or on a `concurrent.futures.Executor`.
 
@@ -134,7 +135,10 @@ class Pipeline:
                 ``client.get_executor()``).
             batch_size: items stacked into one pipeline call where the inputs allow it.
             output: what to return per item, as for `__call__`.
-            ordered: return results in input order (the default) or as they finish.
+            ordered: return results in input order (the default), or ``(index, result)``
+                pairs in the order the items finished.
+            batch: the inputs stacked as lists when *batch_size* > 1; None (the default):
+                those annotated as one value or a list of them (``str | list[str]``).
 
         Returns:
             One result per item.
@@ -142,7 +146,13 @@ class Pipeline:
         from ._map import map_pipeline
 
         return map_pipeline(
-            self, inputs, executor=executor, batch_size=batch_size, output=output, ordered=ordered
+            self,
+            inputs,
+            executor=executor,
+            batch_size=batch_size,
+            output=output,
+            ordered=ordered,
+            batch=batch,
         )
 
     def stream(self, state: Mapping[str, Any] | None = None, /, **inputs: Any) -> Iterator[State]:
@@ -268,9 +278,27 @@ class Pipeline:
             lines += [f"    {k} = {v!r}" for k, v in self.configs.items()]
         return "\n".join(lines)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By value, like composite nodes: the read-only views of components and configs don't
+        # pickle themselves, and a cache travels as an empty one with the same settings.
+        values = (dict(self.components), dict(self.configs), self.inference_mode, self.cache)
+        return (_unpickle, (self.blocks, *values))
+
     def __repr__(self) -> str:
         comps = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
         return f"Pipeline({self.blocks._label}, components=({comps}))"
+
+
+def _unpickle(
+    blocks: Node,
+    components: dict[str, Any],
+    configs: dict[str, Any],
+    inference_mode: bool,
+    cache: Cache | None,
+) -> Pipeline:
+    return Pipeline(
+        blocks, components=components, configs=configs, inference_mode=inference_mode, cache=cache
+    )
 
 
 def _pick(state: State, name: str, blocks: Node) -> Any:

@@ -8,12 +8,16 @@ errors compare by their fields in tests and survive `pickle`.
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final, Literal
 
 __all__ = [
     "BlockError",
     "CancelledError",
     "DefinitionError",
+    "MapError",
     "MissingInputError",
     "ModblocksError",
     "OutputError",
@@ -89,3 +93,34 @@ class CancelledError(ModblocksError, RuntimeError):
 
     path: str = ""
     state: Any = None
+
+
+class _Failed(enum.Enum):
+    FAILED = enum.auto()
+
+    def __repr__(self) -> str:
+        return "MapError.FAILED"
+
+
+FAILED: Final = _Failed.FAILED
+"""Stands in `MapError.results` for an item that failed."""
+
+
+class MapError(ModblocksError, RuntimeError):
+    """Some items of `Pipeline.map` failed; the results of the others are kept.
+
+    Attributes:
+        results: one entry per input item, in input order: its result, or `MapError.FAILED`
+            for an item that failed.
+        failures: the exception of each failed item, by its index in the inputs.
+        inputs: the inputs of each failed item, by index (to run them again).
+
+    Example:
+        ``except mb.MapError as err: retry = pipe.map(err.inputs.values())`` runs the failed
+        items again; ``[r for r in err.results if r is not err.FAILED]`` are the good ones.
+    """
+
+    FAILED: ClassVar[Literal[_Failed.FAILED]] = FAILED
+    results: Sequence[Any] = ()
+    failures: Mapping[int, BaseException] = types.MappingProxyType({})
+    inputs: Mapping[int, Any] = types.MappingProxyType({})

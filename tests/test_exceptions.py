@@ -16,6 +16,7 @@ BASES = {
     "OutputError": TypeError,
     "BlockError": RuntimeError,
     "CancelledError": RuntimeError,
+    "MapError": RuntimeError,
 }
 
 FIELDS = {

@@ -47,6 +47,7 @@ from .timesteps import (
     set_timesteps,
 )
 from .vae import decode_latents, postprocess
+from .xl import sdxl_img2img, sdxl_inpaint, sdxl_text2img, stable_diffusion_xl
 
 __all__ = [
     "InpaintLatents",
@@ -77,7 +78,11 @@ __all__ = [
     "rescale_noise_cfg",
     "scale_model_input",
     "scheduler_step",
+    "sdxl_img2img",
+    "sdxl_inpaint",
+    "sdxl_text2img",
     "set_timesteps",
     "stable_diffusion",
+    "stable_diffusion_xl",
     "text2img",
 ]

@@ -7,6 +7,7 @@ Every scheduler derives from `SchedulerMixin`, but the methods the pipelines cal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
 import torch
@@ -21,6 +22,7 @@ class Scheduler(Protocol):
     timesteps: torch.Tensor
     init_noise_sigma: float | torch.Tensor
     order: int
+    config: Mapping[str, Any]
 
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         """Set the timesteps of a run."""

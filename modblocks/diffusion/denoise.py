@@ -100,6 +100,23 @@ def predict_noise(
     noise_pred: torch.Tensor = unet(
         latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False
     )[0]
+    return guide(noise_pred, do_cfg, guidance_scale, guidance_rescale)
+
+
+def guide(
+    noise_pred: torch.Tensor, do_cfg: bool, guidance_scale: float, guidance_rescale: float
+) -> torch.Tensor:
+    """Apply classifier-free guidance to a UNet output on the batch `[negative, positive]`.
+
+    Args:
+        noise_pred: The UNet's noise prediction, negative half first when *do_cfg*.
+        do_cfg: Whether classifier-free guidance is on; if not, *noise_pred* is returned.
+        guidance_scale: The guidance weight.
+        guidance_rescale: How much to rescale the guided prediction (0: not at all).
+
+    Returns:
+        The guided noise prediction.
+    """
     if not do_cfg:
         return noise_pred
     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, NamedTuple
 
 import torch
@@ -14,7 +16,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._scheduler import typed
-from .vae import Generator, encode_image, vae_scale_factor
+from .vae import Generator, device_of, encode_image, vae_scale_factor
 
 __all__ = [
     "InpaintLatents",
@@ -68,10 +70,10 @@ def prepare_latents(
     _check_generators(generator, batch_size)
     if latents is None:
         latents = randn_tensor(
-            shape, generator=generator, device=unet.device, dtype=prompt_embeds.dtype
+            shape, generator=generator, device=device_of(unet), dtype=prompt_embeds.dtype
         )
     else:
-        latents = latents.to(unet.device)
+        latents = latents.to(device_of(unet))
     return latents * typed(scheduler).init_noise_sigma
 
 
@@ -90,7 +92,8 @@ def prepare_img2img_latents(
 ) -> Annotated[torch.Tensor, Doc("the image's latents, noised to the first timestep")]:
     """Encode the image and noise it to the first timestep (`StableDiffusionImg2ImgPipeline`)."""
     dtype = prompt_embeds.dtype
-    image = init_image.to(device=vae.device, dtype=dtype)
+    device = device_of(vae)
+    image = init_image.to(device=device, dtype=dtype)
     _check_generators(generator, batch_size)
     # torch.cat rather than repeat, as in diffusers: cat keeps the memory layout of the VAE's
     # output, and the UNet's convolutions round differently on another layout.
@@ -99,7 +102,7 @@ def prepare_img2img_latents(
         image = torch.cat([image] * _copies(image, batch_size, "images"))
     init_latents = encode_image(vae, image, generator)
     init_latents = torch.cat([init_latents] * _copies(init_latents, batch_size, "images"))
-    noise = randn_tensor(init_latents.shape, generator=generator, device=vae.device, dtype=dtype)
+    noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=dtype)
     latent_timestep = timesteps[:1].repeat(batch_size)
     return typed(scheduler).add_noise(init_latents, noise, latent_timestep)
 
@@ -137,7 +140,7 @@ def prepare_inpaint_latents(
     The legacy 4-channel inpainting UNet re-blends the unmasked area from the image's
     latents after every step, so they are encoded for it even at `strength` 1.
     """
-    dtype, device = prompt_embeds.dtype, unet.device
+    dtype, device = prompt_embeds.dtype, device_of(unet)
     factor = vae_scale_factor(vae)
     shape = (batch_size, vae.config["latent_channels"], height // factor, width // factor)
     _check_generators(generator, batch_size)
@@ -183,9 +186,35 @@ def prepare_mask_latents(
     ] = None,
 ) -> MaskLatents:
     """Resize the mask to the latents and encode the masked image, for the inpainting UNet."""
-    dtype, device = prompt_embeds.dtype, vae.device
+    encode = functools.partial(encode_image, generator=generator)
+    return mask_latents(
+        mask_condition,
+        init_image,
+        batch_size,
+        (height, width),
+        prompt_embeds.dtype,
+        vae,
+        encode,
+        masked_image_latents,
+    )
+
+
+def mask_latents(
+    mask_condition: torch.Tensor,
+    init_image: torch.Tensor,
+    batch_size: int,
+    size: tuple[int, int],
+    dtype: torch.dtype,
+    vae: AutoencoderKL,
+    encode: Callable[[AutoencoderKL, torch.Tensor], torch.Tensor],
+    masked_image_latents: torch.Tensor | None = None,
+) -> MaskLatents:
+    """Compute `prepare_mask_latents`, encoding the masked image with *encode*."""
+    device = device_of(vae)
     factor = vae_scale_factor(vae)
-    mask = torch.nn.functional.interpolate(mask_condition, size=(height // factor, width // factor))
+    mask = torch.nn.functional.interpolate(
+        mask_condition, size=(size[0] // factor, size[1] // factor)
+    )
     mask = mask.to(device=device, dtype=dtype)
     # Encoded even for the 4-channel UNet, which doesn't read it: diffusers does, and the
     # generator must be drawn from exactly as there for the same images.
@@ -193,7 +222,7 @@ def prepare_mask_latents(
         masked_image = init_image * (mask_condition < 0.5)
     else:
         masked_image = masked_image_latents  # latents pass through encode_image unchanged
-    masked_image_latents = encode_image(vae, masked_image.to(device=device, dtype=dtype), generator)
+    masked_image_latents = encode(vae, masked_image.to(device=device, dtype=dtype))
     return MaskLatents(
         mask.repeat(_copies(mask, batch_size, "masks"), 1, 1, 1),
         masked_image_latents.repeat(_copies(masked_image_latents, batch_size, "images"), 1, 1, 1),

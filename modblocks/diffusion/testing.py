@@ -39,9 +39,15 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-__all__ = ["SCHEDULERS", "save_tiny_sd", "tiny_scheduler", "tiny_sd_components"]
+__all__ = [
+    "SCHEDULERS",
+    "save_tiny_sd",
+    "tiny_scheduler",
+    "tiny_sd_components",
+    "tiny_sdxl_components",
+]
 
 #: Scheduler classes by the short name that `tiny_sd_components(scheduler=...)` accepts.
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
@@ -105,12 +111,14 @@ _MERGES = (
 )
 
 
-def tiny_scheduler(name: str = "ddim") -> SchedulerMixin:
+def tiny_scheduler(name: str = "ddim", **config: Any) -> SchedulerMixin:
     """Build the scheduler *name* (a key of `SCHEDULERS`) with Stable Diffusion's config.
 
     Args:
         name: One of `"ddim"`, `"pndm"`, `"euler"`, `"euler_ancestral"` or
             `"dpm_multistep"`.
+        **config: Settings that replace or add to Stable Diffusion's (e.g.
+            `timestep_spacing="leading"`, as SDXL's schedulers have).
 
     Returns:
         A new scheduler.
@@ -124,7 +132,7 @@ def tiny_scheduler(name: str = "ddim") -> SchedulerMixin:
     # Every scheduler is also a ConfigMixin, whose from_config drops the keys a class does not
     # know (e.g. skip_prk_steps for DDIM).
     cls = cast("type[ConfigMixin]", SCHEDULERS[name])
-    return cast("SchedulerMixin", cls.from_config(_SCHEDULER_CONFIG))
+    return cast("SchedulerMixin", cls.from_config({**_SCHEDULER_CONFIG, **config}))
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -236,3 +244,92 @@ def save_tiny_sd(
     folder = Path(path)
     pipeline.save_pretrained(folder)
     return folder
+
+
+# SDXL's fast-test configuration (diffusers' `tests/pipelines/stable_diffusion_xl`): two
+# 32-wide CLIP encoders whose hidden states are concatenated (64 = the UNet's cross-attention
+# width), the second with a 32-wide projection for the pooled embeddings.
+_SDXL_TEXT_CONFIG: dict[str, Any] = {
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "layer_norm_eps": 1e-05,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 5,
+    "pad_token_id": 1,
+    "vocab_size": _VOCAB_SIZE,
+    "hidden_act": "gelu",
+    "projection_dim": 32,
+}
+_SDXL_UNET_CONFIG: dict[str, Any] = {
+    "block_out_channels": (2, 4),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "transformer_layers_per_block": (1, 2),
+    "norm_num_groups": 1,
+}
+_SDXL_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "latent_channels": 4,
+    "sample_size": 128,
+}
+
+
+def tiny_sdxl_components(
+    seed: int = 0,
+    *,
+    inpaint_unet: bool = False,
+    scheduler: str = "euler",
+    requires_aesthetics_score: bool = False,
+) -> dict[str, Any]:
+    """Build tiny random-weight Stable Diffusion XL components.
+
+    Args:
+        seed: Seed of the random weights; the same seed gives the same weights.
+        inpaint_unet: Build a 9-channel inpainting UNet instead of the 4-channel one.
+        scheduler: Name of the scheduler, a key of `SCHEDULERS`; it gets SDXL's
+            `timestep_spacing="leading"`.
+        requires_aesthetics_score: Build a refiner: no first text encoder and tokenizer (they
+            are `None`), and a UNet conditioned on an aesthetic score instead of the target
+            size (5 time ids instead of 6).
+
+    Returns:
+        `unet`, `vae`, `text_encoder`, `text_encoder_2`, `tokenizer`, `tokenizer_2` and
+        `scheduler`, the component names of diffusers' SDXL pipelines and of
+        `modblocks.diffusion`'s SDXL nodes.
+    """
+    time_ids = 5 if requires_aesthetics_score else 6
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            **_SDXL_UNET_CONFIG,
+            in_channels=9 if inpaint_unet else 4,
+            projection_class_embeddings_input_dim=time_ids * 8 + 32,
+            cross_attention_dim=32 if requires_aesthetics_score else 64,
+        )
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**_SDXL_VAE_CONFIG)
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**_SDXL_TEXT_CONFIG))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_SDXL_TEXT_CONFIG))
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": None if requires_aesthetics_score else torch.nn.Module.eval(text_encoder),
+        "text_encoder_2": torch.nn.Module.eval(text_encoder_2),
+        "tokenizer": None if requires_aesthetics_score else _tiny_tokenizer(),
+        "tokenizer_2": _tiny_tokenizer(),
+        "scheduler": tiny_scheduler(scheduler, timestep_spacing="leading"),
+    }

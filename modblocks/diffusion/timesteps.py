@@ -14,6 +14,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._scheduler import typed
+from .vae import device_of
 
 __all__ = [
     "StrengthTimesteps",
@@ -77,9 +78,9 @@ def set_timesteps(
             )
             raise ValueError(msg)
     if custom:
-        sched.set_timesteps(device=unet.device, **custom)
+        sched.set_timesteps(device=device_of(unet), **custom)
         return Timesteps(scheduler, sched.timesteps, len(sched.timesteps))
-    sched.set_timesteps(num_inference_steps, device=unet.device)
+    sched.set_timesteps(num_inference_steps, device=device_of(unet))
     return Timesteps(scheduler, sched.timesteps, num_inference_steps)
 
 

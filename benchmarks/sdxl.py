@@ -1,0 +1,417 @@
+"""SDXL text-to-image: modblocks vs diffusers' modular and classic SDXL pipelines.
+
+All three run the same tiny random-weight SDXL components (`tiny_sdxl_components`: two
+CLIP text encoders, a 2-level UNet, Euler) on one prompt, 32x32 pixels (16x16 latents),
+classifier-free guidance, and return the latents (``output_type="latent"``: the VAE
+decode is the same work everywhere and would hide the rest). Contenders:
+
+* **hand-written**: one function doing exactly the work of the pipelines with the same
+  components (tokenize and encode with both encoders, zero negative embeddings, time ids,
+  ``scheduler.set_timesteps``, noise, then per step ``cat``, ``scale_model_input``, the
+  UNet, guidance, ``scheduler.step``). The baseline: what the models and the scheduler
+  cost without a framework. Its latents are checked to equal the others'.
+* **modblocks**: ``mb.Pipeline(sdxl_text2img, components=...)``, called as
+  ``pipe(prompt=..., ..., output="images")``.
+* **diffusers modular**: ``StableDiffusionXLAutoBlocks().init_pipeline()`` with the
+  components given by ``update_components`` and a ``ClassifierFreeGuidance(5.0)`` guider,
+  called as ``pipe(prompt=..., ..., output="images")``. Its progress bar is disabled on the
+  denoise loop block itself (``set_progress_bar_config`` on the pipeline does not reach it).
+* **diffusers classic**: ``StableDiffusionXLPipeline(**components, add_watermarker=False)``.
+
+Two sets of components: the **tiny** models as they are, and a **near-free UNet**: the same
+components with a UNet subclass whose ``forward`` returns ``zeros_like(sample)``, so that
+what a step costs is the framework and the scheduler, not the model.
+
+Each contender runs with 1, 2 and 20 steps, all interleaved in one process (see
+``_harness.py``). The table reports milliseconds per call at 1 step; the **fixed overhead**
+per call: the 1-step time minus the hand-written 1-step time (median of the per-round
+differences); the **per-step cost**: (20-step time - 2-step time) / 18, and its overhead
+over the hand-written per-step cost. The **peak memory** column is the peak of Python
+heap allocations during one 20-step call (``tracemalloc``; tensor storage is allocated by
+torch outside the Python heap and is the same for all), after warm-up.
+
+``--lines`` prints the size of the code instead: lines of modblocks' SDXL module next to
+diffusers' modular SDXL folder, counted by one rule for both (`count_lines`).
+
+Run it from the repository root::
+
+    python benchmarks/sdxl.py              # full run, a few minutes on a busy machine
+    python benchmarks/sdxl.py --quick      # smoke run, numbers are noisy
+    python benchmarks/sdxl.py --clock cpu  # time this process's CPU only (busy machine)
+    python benchmarks/sdxl.py --lines      # line counts
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import io
+import sys
+import tokenize
+import tracemalloc
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from diffusers.modular_pipelines import StableDiffusionXLAutoBlocks
+from diffusers.utils import logging as diffusers_logging
+
+try:  # run as `python benchmarks/sdxl.py`, or imported as `benchmarks.sdxl`
+    from benchmarks import _harness
+except ImportError:  # pragma: no cover - depends on how the script is started
+    import _harness  # type: ignore[no-redef]
+
+Thunk = Callable[[], torch.Tensor]
+
+PROMPT = "a photo of a cat"
+SIZE = 32
+GUIDANCE = 5.0
+STEPS: tuple[int, ...] = (1, 2, 20)
+CONTENDERS = ("hand-written", "modblocks", "diffusers modular", "diffusers classic")
+
+
+class FreeUNet(UNet2DConditionModel):
+    """A UNet whose forward returns zeros at once: the model costs (almost) nothing."""
+
+    def forward(self, sample: torch.Tensor, *_: Any, return_dict: bool = True, **__: Any) -> Any:
+        out = torch.zeros_like(sample)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+
+def components(*, free_unet: bool) -> dict[str, Any]:
+    """Tiny SDXL components; with *free_unet*, the UNet is a `FreeUNet` of the same config."""
+    from modblocks.diffusion.testing import tiny_sdxl_components
+
+    comps = tiny_sdxl_components()
+    if free_unet:
+        comps["unet"] = FreeUNet.from_config(comps["unet"].config).eval()
+    return comps
+
+
+def inputs(steps: int) -> dict[str, Any]:
+    """The call inputs shared by the pipelines (a fresh seeded generator each call)."""
+    return {
+        "prompt": PROMPT,
+        "height": SIZE,
+        "width": SIZE,
+        "num_inference_steps": steps,
+        "output_type": "latent",
+        "generator": torch.Generator().manual_seed(0),
+    }
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def hand_written(comps: Mapping[str, Any], steps: int) -> Thunk:
+    """The work of the SDXL text2img pipelines written out, with no framework."""
+    tokenizers = (comps["tokenizer"], comps["tokenizer_2"])
+    encoders = (comps["text_encoder"], comps["text_encoder_2"])
+    unet = comps["unet"]
+    scheduler = copy.deepcopy(comps["scheduler"])
+    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]] * 2, dtype=torch.float32)
+    shape = (1, 4, SIZE // 2, SIZE // 2)
+
+    @torch.no_grad()
+    def call() -> torch.Tensor:
+        hidden = []
+        for tokenizer, encoder in zip(tokenizers, encoders, strict=True):
+            ids = tokenizer(
+                PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+            ).input_ids
+            # The pipelines all check for truncated prompts (to warn): so does this.
+            untruncated = tokenizer(PROMPT, padding="longest", return_tensors="pt").input_ids
+            if untruncated.shape[-1] >= ids.shape[-1] and not torch.equal(ids, untruncated):
+                raise AssertionError("the benchmark's prompt is too long")
+            output = encoder(ids, output_hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+        pooled = output[0]
+        embeds = torch.cat(hidden, dim=-1)
+        embeds = torch.cat([torch.zeros_like(embeds), embeds])
+        added = {"text_embeds": torch.cat([torch.zeros_like(pooled), pooled]), "time_ids": time_ids}
+        scheduler.set_timesteps(steps)
+        generator = torch.Generator().manual_seed(0)
+        latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            noise = unet(
+                x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
+            )[0]
+            uncond, cond = noise.chunk(2)
+            noise = uncond + GUIDANCE * (cond - uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+        return latents
+
+    return call
+
+
+def modblocks_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
+    """``mb.Pipeline(sdxl_text2img)`` called with the shared inputs."""
+    import modblocks as mb
+    from modblocks.diffusion import sdxl_text2img
+
+    pipe = mb.Pipeline(sdxl_text2img, components=dict(comps))
+
+    def call() -> torch.Tensor:
+        return pipe(**inputs(steps), guidance_scale=GUIDANCE, output="images")
+
+    return call
+
+
+def _disable_bars(block: Any) -> int:
+    """Disable the progress bar of *block* and every block under it; return how many."""
+    count = 0
+    if hasattr(block, "set_progress_bar_config"):
+        block.set_progress_bar_config(disable=True)
+        count += 1
+    for sub in getattr(block, "sub_blocks", {}).values():
+        count += _disable_bars(sub)
+    return count
+
+
+def modular_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
+    """diffusers' ``StableDiffusionXLAutoBlocks`` pipeline, with a 5.0 guider."""
+    pipe = StableDiffusionXLAutoBlocks().init_pipeline()
+    scheduler = copy.deepcopy(comps["scheduler"])
+    guider = ClassifierFreeGuidance(guidance_scale=GUIDANCE)
+    pipe.update_components(**{**comps, "scheduler": scheduler}, guider=guider)
+    if not _disable_bars(pipe._blocks):  # the blocks the pipeline runs (`pipe.blocks` is a copy)
+        msg = "found no progress bar to disable in the modular pipeline"
+        raise RuntimeError(msg)
+
+    def call() -> torch.Tensor:
+        return pipe(**inputs(steps), output="images")
+
+    return call
+
+
+def classic_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
+    """diffusers' classic ``StableDiffusionXLPipeline``."""
+    scheduler = copy.deepcopy(comps["scheduler"])
+    pipe = StableDiffusionXLPipeline(**{**comps, "scheduler": scheduler}, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def call() -> torch.Tensor:
+        return pipe(**inputs(steps), guidance_scale=GUIDANCE).images
+
+    return call
+
+
+BUILDERS: dict[str, Callable[[Mapping[str, Any], int], Thunk]] = {
+    "hand-written": hand_written,
+    "modblocks": modblocks_pipeline,
+    "diffusers modular": modular_pipeline,
+    "diffusers classic": classic_pipeline,
+}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def check_same(thunks: Mapping[str, Thunk]) -> None:
+    """Check that every contender computes the hand-written latents (float32 rounding)."""
+    expected = thunks["hand-written"]()
+    for name, thunk in thunks.items():
+        got = thunk()
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            diff = float((got - expected).abs().max())
+            msg = f"{name} computes other latents than the hand-written code (max diff {diff})"
+            raise AssertionError(msg)
+
+
+def peak_kib(thunk: Thunk) -> float:
+    """Peak Python heap allocated during one call of *thunk*, in KiB (after a warm-up call)."""
+    thunk()
+    tracemalloc.start()
+    try:
+        thunk()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / 1024
+
+
+def table(comps: Mapping[str, Any], settings: _harness.Settings) -> str:
+    """Measure every contender at every step count, interleaved; return the report text."""
+    thunks = {(name, steps): BUILDERS[name](comps, steps) for name in CONTENDERS for steps in STEPS}
+    for steps in STEPS:
+        check_same({name: thunks[name, steps] for name in CONTENDERS})
+    timings = _harness.measure_interleaved(
+        {f"{name} @{steps}": thunk for (name, steps), thunk in thunks.items()}, settings
+    )
+    hand, lo, hi = "hand-written", STEPS[1], STEPS[-1]
+
+    def slope(name: str) -> dict[str, float]:
+        return {f"{name} @{hi}": 1 / (hi - lo), f"{name} @{lo}": -1 / (hi - lo)}
+
+    def negated(weights: dict[str, float]) -> dict[str, float]:
+        return {key: -weight for key, weight in weights.items()}
+
+    fixed: dict[str, float | None] = {}
+    step_over: dict[str, float | None] = {}
+    rows = []
+    for name in CONTENDERS:
+        if name != hand:
+            fixed[name] = _harness.paired_us(timings, {f"{name} @1": 1, f"{hand} @1": -1})
+            step_over[name] = _harness.paired_us(timings, {**slope(name), **negated(slope(hand))})
+        rows.append(
+            [
+                name,
+                _harness.fmt(timings[f"{name} @1"].us / 1000),
+                _harness.fmt(fixed.get(name), 0),
+                _harness.fmt(_harness.paired_us(timings, slope(name)), 0),
+                _harness.fmt(step_over.get(name), 0),
+                _harness.fmt(peak_kib(thunks[name, hi]), 0),
+            ]
+        )
+    headers = [
+        "contender",
+        "ms / call (1 step)",
+        "fixed overhead µs",
+        "µs / step",
+        "step overhead µs",
+        "peak Python KiB (20 steps)",
+    ]
+    lines = [_harness.markdown_table(headers, rows), ""]
+    ours = fixed["modblocks"]
+    for other in ("diffusers modular", "diffusers classic"):
+        theirs = fixed[other]
+        if ours is None or theirs is None:
+            continue
+        # An overhead within the noise of the hand-written time has no meaningful ratio.
+        ratio = f"{theirs / ours:.0f}x modblocks'" if ours > 0 else "modblocks' is within noise"
+        lines.append(f"fixed overhead of {other}: {theirs / 1000:.1f} ms ({ratio})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- line counts
+
+_NOT_CODE = {
+    tokenize.COMMENT,
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENCODING,
+    tokenize.ENDMARKER,
+}
+
+
+def count_lines(source: str, *, docstrings: bool) -> tuple[int, int]:
+    """Count the lines of *source* that hold code, and those of ControlNet/IP-Adapter classes.
+
+    The rule, the same for every file: a line counts if it holds a token other than a
+    comment or whitespace (blank and comment-only lines don't count). With *docstrings*
+    false, the lines of string statements (docstrings, also of attributes) don't count
+    either. Strings that are values (`Doc("...")`, a `description` property's text) always
+    count.
+
+    Returns:
+        The number of lines, and how many of them are in top-level classes whose name
+        holds ``ControlNet`` or ``IPAdapter`` (features modblocks' SDXL doesn't have).
+    """
+    lines = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in _NOT_CODE:
+            lines.update(range(token.start[0], token.end[0] + 1))
+    tree = ast.parse(source)
+    if not docstrings:
+        for node in ast.walk(tree):
+            is_string = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            if is_string and isinstance(node.value.value, str):
+                lines -= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    extra = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and (
+            "ControlNet" in node.name or "IPAdapter" in node.name
+        ):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            extra |= lines & set(range(first, (node.end_lineno or node.lineno) + 1))
+    return len(lines), len(extra)
+
+
+def lines_table() -> str:
+    """Lines of modblocks' SDXL module next to diffusers' modular SDXL folder, both rules."""
+    import diffusers.modular_pipelines.stable_diffusion_xl as modular
+
+    ours = [_harness.REPO_ROOT / "modblocks" / "diffusion" / "xl.py"]
+    theirs = sorted(Path(modular.__file__).parent.glob("*.py"))
+
+    def total(files: list[Path], *, docstrings: bool) -> tuple[int, int]:
+        counts = [count_lines(f.read_text(encoding="utf-8"), docstrings=docstrings) for f in files]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+    (mine, _), (mine_bare, _) = total(ours, docstrings=True), total(ours, docstrings=False)
+    (full, extra), (full_bare, extra_bare) = (
+        total(theirs, docstrings=True),
+        total(theirs, docstrings=False),
+    )
+    core, core_bare = full - extra, full_bare - extra_bare
+    rows = [
+        ["modblocks `modblocks/diffusion/xl.py`", mine, mine_bare],
+        [
+            f"diffusers `modular_pipelines/stable_diffusion_xl/` ({len(theirs)} files)",
+            full,
+            full_bare,
+        ],
+        ["  without its ControlNet and IP-Adapter classes", core, core_bare],
+        ["modblocks / diffusers", f"{mine / full:.0%}", f"{mine_bare / full_bare:.0%}"],
+        [
+            "modblocks / diffusers without ControlNet, IP-Adapter",
+            f"{mine / core:.0%}",
+            f"{mine_bare / core_bare:.0%}",
+        ],
+    ]
+    headers = ["code", "lines, docstrings counted", "lines, docstrings not counted"]
+    return _harness.markdown_table(headers, rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One set of components to measure."""
+
+    title: str
+    free_unet: bool
+    settings: _harness.Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its tables.
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit status.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--lines" in args:
+        _harness.emit(lines_table())
+        return 0
+    settings = _harness.parse_settings(
+        args, __doc__.splitlines()[0], _harness.Settings(rounds=30, batch_ns=20_000_000)
+    )
+    diffusers_logging.set_verbosity_error()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and least noisy
+    # The real tiny UNet makes a 20-step call take ~0.5 s: fewer rounds of single calls.
+    tiny = dataclasses.replace(settings, rounds=max(2, settings.rounds // 6), batch_ns=1_000_000)
+    configs = [
+        Config("near-free UNet (framework cost)", free_unet=True, settings=settings),
+        Config("tiny components (real tiny UNet)", free_unet=False, settings=tiny),
+    ]
+    _harness.emit(_harness.environment(["modblocks", "diffusers", "transformers", "torch"]))
+    _harness.emit("torch threads: 1")
+    for config in configs:
+        _harness.emit(f"\n## SDXL text2img, {config.title}\n")
+        _harness.emit(f"{config.settings.describe()}\n")
+        _harness.emit(table(components(free_unet=config.free_unet), config.settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
