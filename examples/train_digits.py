@@ -1,6 +1,6 @@
 """Train a tiny class-conditional diffusion model of handwritten digits.
 
-This script trains, on CPU and in a few minutes, the small demo model that ships
+This script trains, on CPU in about 20 minutes, the small demo model that ships
 with ``modblocks`` in ``modblocks/demo/digits/``. The data are the 1797 8x8
 digits of :func:`sklearn.datasets.load_digits`, scaled to ``[-1, 1]`` and
 upsampled to 16x16. The model is a :class:`diffusers.UNet2DModel` conditioned on
@@ -8,6 +8,16 @@ the digit class through ``num_class_embeds=11``: classes ``0..9`` are the
 digits and class ``10`` is the "null" class used for classifier-free guidance
 (the label is dropped to ``10`` with probability ``--cond-drop`` while
 training).
+
+Two choices matter for classifier-free guidance at the usual scales (2 to
+7.5): the UNet predicts ``v`` (``prediction_type="v_prediction"``) rather than
+the noise, and the sampling scheduler does not clip its ``x0`` estimate
+(``clip_sample=False``, as in Stable Diffusion's scheduler configs). With
+epsilon prediction, or with clipping, guided samples at scale 3 and above
+came out cluttered or turned into the wrong digit (clipping an extrapolated
+``x0`` at high noise levels locks in a blob); with both choices they stay
+clean up to scale 7.5 at least. Training with the defaults takes 1740 AdamW
+steps: about 20 minutes on one CPU thread, less with two.
 
 The saved folder is in diffusers format::
 
@@ -27,6 +37,10 @@ Usage::
 
     python examples/train_digits.py                      # train, save, evaluate
     python examples/train_digits.py --eval-only          # evaluate saved weights
+    python examples/train_digits.py --eval-only --guidance-scale 1 3 7.5 --steps 25
+
+The shipped weights were made with ``python examples/train_digits.py --threads 1``
+(seed 0, all other options at their defaults).
 """
 
 from __future__ import annotations
@@ -130,22 +144,23 @@ def build_unet() -> UNet2DModel:
     )
 
 
-def build_train_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+def build_train_scheduler(prediction_type: str = "v_prediction") -> DDPMScheduler:
     """Build the DDPM noise scheduler used for training.
 
     Args:
-        prediction_type: What the UNet predicts: ``"epsilon"`` (the noise) or
-            ``"v_prediction"``.
+        prediction_type: What the UNet predicts: ``"v_prediction"`` (the
+            default, robust under strong guidance) or ``"epsilon"`` (the noise).
 
     Returns:
-        A :class:`diffusers.DDPMScheduler` with 1000 steps and a cosine
-        (``squaredcos_cap_v2``) schedule.
+        A :class:`diffusers.DDPMScheduler` with 1000 steps, a cosine
+        (``squaredcos_cap_v2``) schedule and ``clip_sample=False`` (the saved
+        sampling scheduler inherits this config; see the module docstring).
     """
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
         prediction_type=prediction_type,
-        clip_sample=True,
+        clip_sample=False,
     )
 
 
@@ -168,8 +183,10 @@ def load_components(path: str | Path = DEFAULT_OUTPUT) -> tuple[UNet2DModel, DDI
 def save_model(unet: UNet2DModel, train_scheduler: DDPMScheduler, path: str | Path) -> None:
     """Save the model as a diffusers-format folder.
 
-    Writes ``model_index.json``, ``unet/`` (safetensors) and ``scheduler/`` (a
-    :class:`diffusers.DDIMScheduler` built from the training scheduler's config).
+    Writes ``model_index.json``, ``unet/`` (safetensors, float32) and
+    ``scheduler/`` (a :class:`diffusers.DDIMScheduler` built from the training
+    scheduler's config, so with the same betas, prediction type and
+    ``clip_sample=False``).
 
     Args:
         unet: Trained UNet.
@@ -195,15 +212,15 @@ def save_model(unet: UNet2DModel, train_scheduler: DDPMScheduler, path: str | Pa
 
 
 def train(
-    epochs: int = 100,
+    epochs: int = 60,
     batch_size: int = 64,
     lr: float = 1e-3,
-    cond_drop: float = 0.12,
+    cond_drop: float = 0.15,
     ema_decay: float = 0.999,
     seed: int = 0,
     augment: bool = False,
     log_every: int = 50,
-    prediction_type: str = "epsilon",
+    prediction_type: str = "v_prediction",
 ) -> tuple[UNet2DModel, DDPMScheduler]:
     """Train the class-conditional UNet on the sklearn digits.
 
@@ -218,7 +235,7 @@ def train(
         seed: Seed of every random choice (init, batches, noise, timesteps).
         augment: If true, shift images randomly by up to one pixel.
         log_every: Print the running loss every this many steps.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (see
+        prediction_type: ``"v_prediction"`` or ``"epsilon"`` (see
             :func:`build_train_scheduler`).
 
     Returns:
@@ -502,12 +519,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="weights folder to write/read"
     )
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--cond-drop", type=float, default=0.12)
+    parser.add_argument("--cond-drop", type=float, default=0.15)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon")
+    parser.add_argument("--prediction-type", choices=["v_prediction", "epsilon"], default="v_prediction")
     parser.add_argument("--augment", action="store_true", help="random one-pixel shifts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
