@@ -524,7 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--cond-drop", type=float, default=0.15)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--prediction-type", choices=["v_prediction", "epsilon"], default="v_prediction")
+    parser.add_argument(
+        "--prediction-type", choices=["v_prediction", "epsilon"], default="v_prediction"
+    )
     parser.add_argument("--augment", action="store_true", help="random one-pixel shifts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

@@ -238,9 +238,11 @@ class Pipeline:
 
         The folder holds ``model_index.json`` and a subfolder per component, as written by
         diffusers' ``save_pretrained`` or `save_pretrained`. Components given in *components*
-        are used as they are instead of being loaded.
+        are used as they are instead of being loaded. Configs the blocks declare are read from
+        ``model_index.json`` when it sets them (as diffusers pipelines register theirs), and
+        *configs* overrides them.
         """
-        from ._pretrained import load_components
+        from ._pretrained import load_components, load_configs
 
         given = dict(components or {})
         wanted = [s for s in blocks.components if s.name not in given]
@@ -248,7 +250,7 @@ class Pipeline:
         return cls(
             blocks,
             components={**loaded, **given},
-            configs=configs or {},
+            configs={**load_configs(path, blocks.configs), **(configs or {})},
             inference_mode=inference_mode,
         )
 
@@ -257,6 +259,9 @@ class Pipeline:
     ) -> None:
         """Write the components as a diffusers-format folder that diffusers can load back.
 
+        The bound configs are written to ``model_index.json``, so `from_pretrained` restores
+        them.
+
         Args:
             path: the folder to write (created if needed).
             pipeline_class: the diffusers pipeline class named in ``model_index.json`` (e.g.
@@ -264,7 +269,9 @@ class Pipeline:
         """
         from ._pretrained import save_components
 
-        save_components(path, self.components, pipeline_class=pipeline_class)
+        save_components(
+            path, self.components, configs=self.configs, pipeline_class=pipeline_class
+        )
 
     # -- documentation ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 from ._specs import InputSpec
 from .exceptions import MissingInputError, ModblocksError
 
-__all__ = ["load_components", "save_components"]
+__all__ = ["load_components", "load_configs", "save_components"]
 
 _INDEX = "model_index.json"
 
@@ -57,6 +57,18 @@ def load_components(
     return loaded
 
 
+def load_configs(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> dict[str, Any]:
+    """The configs in *specs* that ``model_index.json`` sets (e.g. SDXL's
+    ``requires_aesthetics_score`` or ``force_zeros_for_empty_prompt``)."""
+    index = _read_index(Path(path))
+    return {s.name: index[s.name] for s in specs if _is_config_value(index.get(s.name))}
+
+
+def _is_config_value(value: Any) -> bool:
+    # Components are `[library, class]` pairs; plain JSON scalars are pipeline configs.
+    return isinstance(value, bool | int | float | str)
+
+
 def _load_one(cls: Any, subfolder: Path, torch_dtype: Any) -> Any:
     kwargs: dict[str, Any] = {}
     if torch_dtype is not None and _is_torch_module(cls):
@@ -74,9 +86,14 @@ def save_components(
     path: str | os.PathLike[str],
     components: Mapping[str, Any],
     *,
+    configs: Mapping[str, Any] | None = None,
     pipeline_class: str | None = None,
 ) -> None:
-    """Save each component to its subfolder and write ``model_index.json``."""
+    """Save each component to its subfolder and write ``model_index.json``.
+
+    Configs that are plain JSON values go in ``model_index.json`` too, where diffusers
+    pipelines keep theirs.
+    """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"_class_name": pipeline_class or "DiffusionPipeline"}
@@ -97,6 +114,9 @@ def save_components(
             raise ModblocksError(msg)
         save(str(folder / name))
         index[name] = [type(component).__module__.partition(".")[0], type(component).__name__]
+    for name, value in (configs or {}).items():
+        if _is_config_value(value):
+            index[name] = value
     for name in expected:
         index.setdefault(name, [None, None])  # optional parts of that pipeline class
     (folder / _INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -500,3 +500,22 @@ def test_save_pretrained_rejects_components_without_save_pretrained(tmp_path):
     pipe = mb.Pipeline(use, components={"tag": "!"})
     with pytest.raises(mb.ModblocksError, match=r"`tag`.*save_pretrained"):
         pipe.save_pretrained(tmp_path / "out")
+
+
+def test_configs_round_trip_through_model_index_json(tmp_path):
+    @mb.block(output="scaled")
+    def scale(x: float, factor: mb.Config[float] = 1.0, clip: mb.Config[bool] = False) -> float:
+        return min(x * factor, 1.0) if clip else x * factor
+
+    folder = tmp_path / "pipe"
+    mb.Pipeline(scale, configs={"factor": 3.0}).save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["factor"] == 3.0
+    assert "clip" not in index  # left at its default: not written
+
+    loaded = mb.Pipeline.from_pretrained(folder, scale)
+    assert dict(loaded.configs) == {"factor": 3.0}
+    assert loaded(x=0.5, output="scaled") == 1.5
+    overridden = mb.Pipeline.from_pretrained(folder, scale, configs={"clip": True})
+    assert dict(overridden.configs) == {"factor": 3.0, "clip": True}
+    assert overridden(x=0.5, output="scaled") == 1.0

@@ -351,8 +351,8 @@ def test_sdxl_refiner_pipeline_from_a_diffusers_folder(
 ):
     """A refiner folder saved by diffusers (no first text encoder) loads into an `mb.Pipeline`.
 
-    `model_index.json` also holds the pipeline's configs (`requires_aesthetics_score`), which
-    `Pipeline.from_pretrained` does not read: they are given as `configs`.
+    `model_index.json` also holds the pipeline's configs (`requires_aesthetics_score`,
+    `force_zeros_for_empty_prompt`): `Pipeline.from_pretrained` reads them from there.
     """
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
@@ -360,9 +360,10 @@ def test_sdxl_refiner_pipeline_from_a_diffusers_folder(
         **sdxl_refiner_components, requires_aesthetics_score=True, add_watermarker=False
     )
     saved.save_pretrained(tmp_path)
-    configs = {"requires_aesthetics_score": True}
+    configs = {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": True}
     with quiet_diffusers():
-        pipe = mb.Pipeline.from_pretrained(tmp_path, stable_diffusion_xl, configs=configs)
+        pipe = mb.Pipeline.from_pretrained(tmp_path, stable_diffusion_xl)
+    assert dict(pipe.configs) == configs
     assert "text_encoder" not in pipe.components
     kwargs = {"prompt": "a cat", "image": init_image, "strength": 0.5, "num_inference_steps": 4}
     actual = pipe(**kwargs, output_type="np", generator=generators(None), output="images")
