@@ -124,6 +124,15 @@ class Block(Node, Generic[P, R]):
     # -- running -------------------------------------------------------------------------
 
     def _compile(self) -> Exec:
+        return self._compiled[0]
+
+    @functools.cached_property
+    def _slow_exec(self) -> Exec:
+        return self._compiled[1]
+
+    @functools.cached_property
+    def _compiled(self) -> tuple[Exec, Exec]:
+        """The block's function for any run, and the one for slow runs (events, cache...)."""
         lines, namespace = self._source("")
         body = "\n".join(f"        {line}" for line in lines)
         handler = (
@@ -142,9 +151,9 @@ class Block(Node, Generic[P, R]):
         )
         namespace.update(Failure=Failure, failure=self._failure)
         exec(compile(source, f"<block {self.name}>", "exec"), namespace)  # noqa: S102
-        namespace["slow"] = slow_block(self, namespace["run_fast"])
+        slow = namespace["slow"] = slow_block(self, namespace["run_fast"])
         run_block: Exec = namespace["run_block"]
-        return run_block
+        return run_block, slow
 
     @functools.cached_property
     def _identity(self) -> bytes:

@@ -1,9 +1,11 @@
 """Incremental re-execution: block results stored under keys made from their inputs.
 
-A block's key is a digest of its identity (code, name, renames, bound values, defaults) and
-of one 16-byte digest per input: the key of the block that produced the value (a Merkle
-chain), or a fingerprint of a value given by the caller. Each key costs O(inputs), never a
-walk over the ancestors, so a fully cached chain stays linear in its length.
+A block's key is its identity digest (code, name, renames, defaults) followed by one
+16-byte digest per input: the output key of the block that produced the value (a Merkle
+chain), or a fingerprint of a value given by the caller. Keys are tuples of these digests,
+so looking one up costs a dict probe and no hashing; the digest of a key (from which its
+output keys derive) is computed once, when its result is stored. Each key costs O(inputs),
+never a walk over the ancestors, so a fully cached chain stays linear in its length.
 """
 
 from __future__ import annotations
@@ -182,9 +184,14 @@ class CacheStats:
     evictions: int
 
 
+Key = tuple[bytes, ...]
+"""A unit's identity digest and its inputs' digests: what its stored result is filed under."""
+
+
 @attrs.frozen
 class _Entry:
     outputs: tuple[Any, ...]
+    keys: tuple[bytes, ...]  # one per output, for the units that read them
     generator_states: tuple[Any, ...]
     nbytes: int
     versions: tuple[int, ...]  # of the tensors among the outputs, when stored
@@ -231,7 +238,7 @@ class Cache:
         self.max_bytes = max_bytes
         self.hash_tensors = hash_tensors
         self.check_inplace = check_inplace
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._hits = self._misses = self._bytes = self._evictions = 0
 
@@ -240,7 +247,7 @@ class Cache:
         options = (self.max_entries, self.max_bytes, self.hash_tensors, self.check_inplace)
         return (_empty_cache, options)
 
-    def get(self, key: bytes) -> _Entry | None:
+    def get(self, key: Key) -> _Entry | None:
         """Return the entry stored under *key* (and mark it recently used), or None."""
         with self._lock:
             entry = self._entries.get(key)
@@ -256,16 +263,23 @@ class Cache:
             self._hits += 1
             return entry
 
-    def put(self, key: bytes, outputs: tuple[Any, ...], generator_states: tuple[Any, ...]) -> None:
-        """Store *outputs* under *key*, evicting the least recently used beyond the limits."""
+    def put(
+        self, key: Key, outputs: tuple[Any, ...], generator_states: tuple[Any, ...]
+    ) -> tuple[bytes, ...]:
+        """Store *outputs* under *key* (evicting the least recently used beyond the limits).
+
+        Returns the outputs' keys, whether or not the result could be kept.
+        """
+        keys = output_keys(key, len(outputs))
         size = nbytes(outputs)
         if self.max_bytes is not None and size > self.max_bytes:
-            return
+            return keys
+        entry = _Entry(outputs, keys, generator_states, size, versions(outputs))
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
-            self._entries[key] = _Entry(outputs, generator_states, size, versions(outputs))
+            self._entries[key] = entry
             self._bytes += size
             while self._entries and (
                 (self.max_entries is not None and len(self._entries) > self.max_entries)
@@ -274,6 +288,7 @@ class Cache:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.nbytes
                 self._evictions += 1
+        return keys
 
     def clear(self) -> None:
         """Drop every stored result (the counters stay)."""
@@ -326,7 +341,7 @@ def unit_key(
     keys: dict[str, bytes],
     values: dict[str, Any],
     hash_tensors: bool,
-) -> bytes | None:
+) -> Key | None:
     """The key of a block or loop: its identity and its inputs' digests, or None."""
     parts = [identity]
     known = keys.get
@@ -335,13 +350,14 @@ def unit_key(
         if part is None:
             return None
         parts.append(part)
-    return _blake2b(b"".join(parts), digest_size=16).digest()
+    return tuple(parts)
 
 
-def output_key(key: bytes, position: int) -> bytes:
-    """The key of output number *position* of the unit whose key is *key*.
+def output_keys(key: Key, count: int) -> tuple[bytes, ...]:
+    """The keys of the *count* outputs of the unit filed under *key*.
 
-    All digests are 16 bytes, so appending the position keeps keys unambiguous and costs
-    no hashing.
+    Every part is 16 bytes, so joining them is unambiguous; the position goes in the last
+    two bytes of the digest.
     """
-    return key[:14] + position.to_bytes(2, "little")
+    stem = _blake2b(b"".join(key), digest_size=16).digest()[:14]
+    return tuple(stem + position.to_bytes(2, "little") for position in range(count))

@@ -165,7 +165,8 @@ class Node:
     def __getstate__(self) -> dict[str, Any]:
         # The compiled function is rebuilt on first use after unpickling; it can't be pickled.
         state = dict(self.__dict__)
-        state.pop("_exec", None)
+        for name in ("_exec", "_slow_exec", "_compiled"):
+            state.pop(name, None)
         state.pop("_identity", None)  # made of per-process object tokens
         return state
 
@@ -176,6 +177,11 @@ class Node:
 
     def _compile(self) -> Exec:
         raise NotImplementedError
+
+    @functools.cached_property
+    def _slow_exec(self) -> Exec:
+        """The function for runs that go node by node (`Run.slow`); blocks skip a check."""
+        return self._exec
 
     @functools.cached_property
     def _identity(self) -> bytes:

@@ -310,6 +310,7 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
     namespace: dict[str, Any] = {"Failure": Failure}
     lines: list[str] = []
     execs = tuple(node._exec for node in nodes)
+    slows = tuple(node._slow_exec for node in nodes)
     for k, node in enumerate(nodes):
         lines.append(f"k = {k}")
         if isinstance(node, Block):
@@ -343,7 +344,7 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
         cancel = run.cancel
         k = 0
         try:
-            for k, (name, exec_) in enumerate(zip(names, execs, strict=True)):  # noqa: B007
+            for k, (name, exec_) in enumerate(zip(names, slows, strict=True)):  # noqa: B007
                 path.append(name)
                 if cancel is not None and cancel.cancelled:
                     run.check_cancel()  # before `name` runs: the path says where it stopped

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._cache import fresh_key, generators_in, output_key, unit_key
+from ._cache import Key, fresh_key, generators_in, unit_key
 from ._run import BLOCK, Exec, Failure, Run, Values
 
 if TYPE_CHECKING:
@@ -68,17 +68,16 @@ def cached_unit(node: Node, body: Exec, values: Values, run: Run) -> None:
 
 
 def _serve(
-    run: Run, key: bytes, values: Values, outputs: tuple[str, ...], inputs: tuple[str, ...]
+    run: Run, key: Key, values: Values, outputs: tuple[str, ...], inputs: tuple[str, ...]
 ) -> bool:
     assert run.cache is not None
     entry = run.cache.get(key)
     if entry is None:
         return False
     keys = run.keys
-    for position, value in enumerate(entry.outputs):
-        name = outputs[position]
+    for name, value, output_key in zip(outputs, entry.outputs, entry.keys):  # noqa: B905
         values[name] = value
-        keys[name] = output_key(key, position)
+        keys[name] = output_key
     if entry.generator_states:
         # Leave the generators as running the unit would have: later draws stay the same.
         generators = generators_in(values[n] for n in inputs if n in values)
@@ -91,7 +90,7 @@ def _serve(
 
 def _remember(
     run: Run,
-    key: bytes | None,
+    key: Key | None,
     values: Values,
     outputs: tuple[str, ...],
     bound: tuple[str, ...],
@@ -105,9 +104,8 @@ def _remember(
             run.keys[name] = fresh_key()  # unknown provenance: nothing after it may be reused
         return
     produced = tuple(values.get(name) for name in outputs)
-    run.cache.put(key, produced, tuple(g.get_state() for g in generators))
-    for position, name in enumerate(outputs):
-        run.keys[name] = output_key(key, position)
+    stored = run.cache.put(key, produced, tuple(g.get_state() for g in generators))
+    run.keys.update(zip(outputs, stored, strict=True))
 
 
 def _timed(fast: Exec, values: Values, run: Run, inputs: tuple[str, ...], check: Any) -> None:
