@@ -10,6 +10,7 @@ never a walk over the ancestors, so a fully cached chain stays linear in its len
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import os
@@ -149,6 +150,40 @@ def identity_digest(*parts: Any) -> bytes:
     return _digest(*pieces)
 
 
+class Unstorable(Exception):
+    """A value the cache can't keep a private copy of (it is then not stored)."""
+
+
+def private(value: Any) -> Any:
+    """A copy of *value* that shares nothing the caller could change, for the cache to keep.
+
+    Stored results are handed to later runs, so neither the run that stored them nor the one
+    served may change them: schedulers are stepped, arrays and images edited in place. Plain
+    values are immutable and shared; so are tensors that have a version counter (the cache
+    notices in-place changes) and modules (components, tracked with `touch`). Inference
+    tensors have no counter and are copied; anything else is deep-copied.
+    """
+    kind: type[object] = type(cast("object", value))
+    if kind in _PLAIN:
+        return value
+    if kind is tuple:
+        return tuple(private(v) for v in value)
+    if kind is list:
+        return [private(v) for v in value]
+    if kind is dict:
+        return {k: private(v) for k, v in value.items()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(value, torch.Tensor):
+            return value.clone() if value.is_inference() else value
+        if isinstance(value, torch.nn.Module | torch.dtype | torch.device):
+            return value
+    try:
+        return copy.deepcopy(value)
+    except Exception as exc:  # whatever deepcopy raises, the value isn't kept
+        raise Unstorable(type(value).__name__) from exc
+
+
 def generators_in(values: Iterable[Any]) -> list[Any]:
     """The torch generators among *values* (alone or in lists), in order."""
     torch = sys.modules.get("torch")
@@ -162,7 +197,7 @@ def generators_in(values: Iterable[Any]) -> list[Any]:
 
 
 def nbytes(values: Iterable[Any]) -> int:
-    """The bytes of the tensors among *values* (alone or in lists and tuples)."""
+    """The bytes of the tensors, arrays and images among *values* (alone or in lists)."""
     torch = sys.modules.get("torch")
     total = 0
     for value in values:
@@ -170,7 +205,16 @@ def nbytes(values: Iterable[Any]) -> int:
             total += nbytes(value)
         elif torch is not None and isinstance(value, torch.Tensor):
             total += value.numel() * value.element_size()
+        elif type(getattr(value, "nbytes", None)) is int:  # NumPy arrays
+            total += value.nbytes
+        elif _is_pil_image(value):
+            total += value.width * value.height * len(value.getbands())
     return total
+
+
+def _is_pil_image(value: Any) -> bool:
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(value, image.Image)
 
 
 @attrs.frozen
@@ -273,6 +317,11 @@ class Cache:
         keys = output_keys(key, len(outputs))
         size = nbytes(outputs)
         if self.max_bytes is not None and size > self.max_bytes:
+            return keys
+        try:
+            # A private copy: the run goes on with (and may hand out) the originals.
+            outputs = tuple(private(v) for v in outputs)
+        except Unstorable:
             return keys
         entry = _Entry(outputs, keys, generator_states, size, versions(outputs))
         with self._lock:

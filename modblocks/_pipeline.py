@@ -269,9 +269,7 @@ class Pipeline:
         """
         from ._pretrained import save_components
 
-        save_components(
-            path, self.components, configs=self.configs, pipeline_class=pipeline_class
-        )
+        save_components(path, self.components, configs=self.configs, pipeline_class=pipeline_class)
 
     # -- documentation ---------------------------------------------------------------------
 

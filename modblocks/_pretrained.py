@@ -58,8 +58,10 @@ def load_components(
 
 
 def load_configs(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> dict[str, Any]:
-    """The configs in *specs* that ``model_index.json`` sets (e.g. SDXL's
-    ``requires_aesthetics_score`` or ``force_zeros_for_empty_prompt``)."""
+    """The configs in *specs* that ``model_index.json`` sets.
+
+    Diffusers pipelines register theirs there, e.g. SDXL's ``requires_aesthetics_score``.
+    """
     index = _read_index(Path(path))
     return {s.name: index[s.name] for s in specs if _is_config_value(index.get(s.name))}
 
@@ -114,9 +116,7 @@ def save_components(
             raise ModblocksError(msg)
         save(str(folder / name))
         index[name] = [type(component).__module__.partition(".")[0], type(component).__name__]
-    for name, value in (configs or {}).items():
-        if _is_config_value(value):
-            index[name] = value
+    index.update({k: v for k, v in (configs or {}).items() if _is_config_value(v)})
     for name in expected:
         index.setdefault(name, [None, None])  # optional parts of that pipeline class
     (folder / _INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

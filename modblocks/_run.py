@@ -294,8 +294,9 @@ def to_error(failure: Failure, values: Values) -> ModblocksError:
     if failure.kind == BLOCK:
         cause = failure.cause
         block = failure.fields.get("block") or path.rpartition(" > ")[2]
+        what = failure.message or f"raised {type(cause).__name__}: {cause}"
         msg = (
-            f"block `{block}` raised {type(cause).__name__}: {cause} (at `{path}`). "
+            f"block `{block}` {what} (at `{path}`). "
             "`err.state` holds the values computed before it; fix the cause and resume with "
             "`node.run(err.state, resume=err.path, ...)`."
         )

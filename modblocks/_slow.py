@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._cache import Key, fresh_key, generators_in, unit_key
+from ._cache import Key, fingerprint, fresh_key, generators_in, private, unit_key
 from ._run import BLOCK, Exec, Failure, Run, Values
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _serve(
         return False
     keys = run.keys
     for name, value, output_key in zip(outputs, entry.outputs, entry.keys):  # noqa: B905
-        values[name] = value
+        values[name] = private(value)  # the stored copy stays private: runs may change theirs
         keys[name] = output_key
     if entry.generator_states:
         # Leave the generators as running the unit would have: later draws stay the same.
@@ -101,7 +101,11 @@ def _remember(
         run.keys.pop(name, None)
     if key is None:
         for name in outputs:
-            run.keys[name] = fresh_key()  # unknown provenance: nothing after it may be reused
+            # Not stored: what follows may still be served if the value is the same plain
+            # value (fingerprints of anything else name the object, new on every run).
+            value = values.get(name)
+            digest = None if generators_in((value,)) else fingerprint(value)
+            run.keys[name] = digest or fresh_key()
         return
     produced = tuple(values.get(name) for name in outputs)
     stored = run.cache.put(key, produced, tuple(g.get_state() for g in generators))
@@ -127,7 +131,7 @@ def _timed(fast: Exec, values: Values, run: Run, inputs: tuple[str, ...], check:
                 "cached results, so a block must return new tensors (use `x = x + 1`, not "
                 "`x += 1`, or `.clone()` first)."
             )
-            raise Failure(BLOCK, RuntimeError(msg))
+            raise Failure(BLOCK, RuntimeError(msg), message=msg)
 
 
 def _digest_of(tensor: Any) -> bytes | None:

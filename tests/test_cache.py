@@ -247,20 +247,27 @@ def test_cache_run_with_on_step_reruns_the_loop_and_what_follows():
 # -- purity --------------------------------------------------------------------------------------
 
 
-def test_cache_false_block_always_runs_and_its_dependents_rerun():
+def test_cache_false_block_always_runs_and_its_dependents_rerun_only_if_it_changed():
+    returned = iter([20, 20, 30])
+
     @mb.block(output="b", cache=False)
     def impure(y: int) -> int:
         calls["impure"] += 1
-        return y * 10
+        return next(returned)
 
     pipe = (first >> impure >> combine >> last).named("p")
     cache = mb.Cache()
     pipe.run(x=1, y=2, cache=cache)
     calls.clear()
     report = mb.Report()
-    pipe.run(x=1, y=2, cache=cache, events=report)
+    same = pipe.run(x=1, y=2, cache=cache, events=report)
+    assert calls == {"impure": 1}  # it returned the same value: what reads it is served
+    assert report.cached == ["p > first", "p > combine", "p > last"]
+    calls.clear()
+    changed = pipe.run(x=1, y=2, cache=cache)
     assert calls == {"impure": 1, "combine": 1, "last": 1}
-    assert report.cached == ["p > first"]
+    assert (same["b"], same["c"]) == (20, 22)
+    assert (changed["b"], changed["c"]) == (30, 32)
 
 
 # -- tensors -------------------------------------------------------------------------------------

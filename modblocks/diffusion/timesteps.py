@@ -38,6 +38,9 @@ class Timesteps(NamedTuple):
 class StrengthTimesteps(NamedTuple):
     """The part of the schedule that image-to-image runs through."""
 
+    scheduler: Annotated[
+        SchedulerMixin, Doc("the run's scheduler, told where the schedule starts")
+    ]
     timesteps: Annotated[torch.Tensor, Doc("the last `strength` part of the timesteps")]
     num_inference_steps: Annotated[int, Doc("the number of denoising steps actually run")]
 
@@ -107,7 +110,8 @@ def _skip_to_strength(
             "Raise `strength` or `num_inference_steps`."
         )
         raise ValueError(msg)
-    return StrengthTimesteps(timesteps, steps)
+    # The scheduler is an output too: a cached run must get it in the state this one left.
+    return StrengthTimesteps(scheduler, timesteps, steps)
 
 
 @mb.block

@@ -444,7 +444,7 @@ def _start_timesteps(
     set_begin_index = getattr(scheduler, "set_begin_index", None)
     if set_begin_index is not None:
         set_begin_index(begin)
-    return StrengthTimesteps(all_timesteps[begin:], steps)
+    return StrengthTimesteps(scheduler, all_timesteps[begin:], steps)
 
 
 _START_DOC = Doc("start at this fraction of the schedule instead (a refiner's, with latents)")
