@@ -110,6 +110,15 @@ def fingerprint(value: Any, *, hash_tensors: bool = False) -> bytes | None:
         if isinstance(value, torch.Generator):
             state = value.get_state()
             return _digest(b"generator", state.numpy().tobytes())
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype != object:
+        # Arrays and images by content: callers edit them in place between calls (one pass
+        # over the data, about a millisecond for a 512x512 image).
+        meta = f"{value.shape}|{value.dtype.str}".encode()
+        return _digest(b"ndarray", meta, numpy.ascontiguousarray(value).tobytes())
+    if _is_pil_image(value):
+        meta = f"{value.size}|{value.mode}".encode()
+        return _digest(b"image", meta, value.tobytes())
     token = _token(value)
     return None if token is None else _digest(b"object", token)
 

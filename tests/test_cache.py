@@ -333,6 +333,57 @@ def test_cache_output_changed_in_place_by_the_caller_is_not_served():
     assert torch.equal(again, torch.full((3,), 2.0))
 
 
+def test_cache_arrays_and_images_edited_in_place_between_calls_miss():
+    """NumPy arrays and PIL images are fingerprinted by content, not by identity."""
+    import numpy as np
+    from PIL import Image
+
+    @mb.block(output="total")
+    def total(pixels: np.ndarray, image: Image.Image) -> int:
+        calls["total"] += 1
+        return int(pixels.sum()) + int(np.asarray(image).sum())
+
+    cache = mb.Cache()
+    pixels, image = np.zeros((4, 4), np.uint8), Image.new("L", (4, 4))
+    assert total.run(pixels=pixels, image=image, cache=cache)["total"] == 0
+    pixels[0, 0] = 3
+    assert total.run(pixels=pixels, image=image, cache=cache)["total"] == 3
+    image.putpixel((1, 1), 4)
+    assert total.run(pixels=pixels, image=image, cache=cache)["total"] == 7
+    calls.clear()
+    copies = {"pixels": pixels.copy(), "image": image.copy()}  # equal contents: a hit
+    assert total.run(**copies, cache=cache)["total"] == 7
+    assert calls == {}
+
+
+def test_cache_results_changed_in_place_are_served_unchanged():
+    """Stored results are private copies: editing what a run returned changes nothing."""
+    import numpy as np
+
+    @mb.block(output="pixels")
+    def render(value: int) -> np.ndarray:
+        return np.full((2, 2), value, np.float32)
+
+    class Stepper:
+        def __init__(self) -> None:
+            self.steps = 0
+
+    @mb.block(output="stepper")
+    def make_stepper(value: int) -> Stepper:
+        return Stepper()
+
+    cache = mb.Cache()
+    first = (render >> make_stepper).run(value=1, cache=cache)
+    pixels = first["pixels"]
+    pixels *= 255  # the caller post-processes in place
+    first["stepper"].steps += 5  # a later block steps it (as a scheduler is stepped)
+    again = (render >> make_stepper).run(value=1, cache=cache)
+    assert again["pixels"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert again["stepper"].steps == 0
+    again["stepper"].steps += 1
+    assert (render >> make_stepper).run(value=1, cache=cache)["stepper"].steps == 0
+
+
 # -- components ----------------------------------------------------------------------------------
 
 
