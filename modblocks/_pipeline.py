@@ -293,6 +293,12 @@ class Pipeline:
         comps = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
         return f"Pipeline({self.blocks._label}, components=({comps}))"
 
+    def _repr_markdown_(self) -> str:
+        """In Jupyter: the doc with the bound components and configs, and the diagram."""
+        from ._render import render_markdown
+
+        return render_markdown(self.blocks, self.doc)
+
 
 def _unpickle(
     blocks: Node,

@@ -132,9 +132,10 @@ def _tree(node: Node, prefix: str, lines: list[str]) -> None:
         _tree(child, prefix + ("   " if last else "│  "), lines)
 
 
-def render_markdown(node: Node) -> str:
-    """Render a node for Jupyter: its doc and its data-flow diagram."""
-    return f"```text\n{render_doc(node)}\n```\n\n```mermaid\n{render_mermaid(node)}\n```"
+def render_markdown(node: Node, doc: str | None = None) -> str:
+    """Render a node for Jupyter: its doc (*doc*, when given) and its data-flow diagram."""
+    text = render_doc(node) if doc is None else doc
+    return f"```text\n{text}\n```\n\n```mermaid\n{render_mermaid(node)}\n```"
 
 
 def render_mermaid(node: Node) -> str:

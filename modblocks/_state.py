@@ -117,6 +117,12 @@ class State(Mapping[str, Any]):
         items = ",\n".join(f"    {k}={summarize(v)}" for k, v in self._values.items())
         return f"State(\n{items},\n)"
 
+    def _repr_html_(self) -> str:
+        """The values as an HTML table in Jupyter: tensor summaries, image thumbnails."""
+        from ._html import render_state_html
+
+        return render_state_html(self._values)
+
     def _repr_markdown_(self) -> str:
         rows = "\n".join(f"| `{k}` | {_cell(summarize(v))} |" for k, v in self._values.items())
         return f"| value | summary |\n|---|---|\n{rows}"

@@ -4,9 +4,10 @@
     python scripts/check_site.py [--site DIR] [--screenshots DIR] [--chromium PATH]
 
 Builds the site with ``mkdocs build --strict`` into a temporary folder (or checks the built
-site given with ``--site``), serves it on 127.0.0.1, and opens every page it can reach from
-the home page in headless Chromium (Debian: ``apt-get install chromium``), driven over the
-Chrome DevTools protocol with nothing but the standard library. It fails when:
+site given with ``--site``), serves it on 127.0.0.1, and opens every page of it (every
+``.html`` file, and any page a link reaches) in headless Chromium (Debian: ``apt-get install
+chromium``), driven over the Chrome DevTools protocol with nothing but the standard library.
+``tests/test_site.py`` runs the same check in the test suite. It fails when:
 
 - a page does not load, or has a JavaScript error, a console error or a failed request;
 - a request leaves 127.0.0.1 (the site must work offline: no CDN, no web fonts);
@@ -29,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -268,6 +270,15 @@ def read_page(path: Path) -> _Ids:
     return parser
 
 
+def site_pages(site: Path) -> list[str]:
+    """The URL paths of every page of *site*, relative to its root, the home page first."""
+    pages: list[str] = []
+    for file in site.rglob("*.html"):
+        relative = file.relative_to(site).as_posix()
+        pages.append(relative.removesuffix("index.html"))  # "a/index.html" is served as "a/"
+    return sorted(pages, key=lambda page: (page != "", page))
+
+
 def local_file(site: Path, url_path: str) -> Path | None:
     """The file of *site* that serves *url_path*, or None when there is none."""
     relative = unquote(url_path).lstrip("/")
@@ -293,11 +304,13 @@ def find_chromium(given: str | None) -> str:
 @contextlib.contextmanager
 def browser(executable: str) -> Iterator[DevTools]:
     """Start headless Chromium and yield a DevTools client attached to a fresh page."""
-    with tempfile.TemporaryDirectory(prefix="check-site-chromium-") as profile:
+    profile = tempfile.mkdtemp(prefix="check-site-chromium-")
+    try:
         process = subprocess.Popen(  # noqa: S603 - the browser the caller chose
             [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helper processes in a group of their own, to stop
         )
         ws: WebSocket | None = None
         try:
@@ -327,12 +340,36 @@ def browser(executable: str) -> Iterator[DevTools]:
         finally:
             if ws is not None:
                 ws.close()
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
+    finally:
+        _remove(Path(profile))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the browser and the helper processes it started (its process group)."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if os.name == "posix":  # helpers that outlive it, in the process group it led
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _remove(folder: Path) -> None:
+    """Remove the browser's profile; its last helpers may still write there for a moment."""
+    for _ in range(20):
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+        else:
+            return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _shadow_svgs(node: dict[str, Any]) -> Iterator[bool]:
@@ -441,7 +478,7 @@ def screenshot(tools: DevTools, target: Path) -> None:
 
 
 def check_site(site: Path, executable: str, screenshots: Path | None) -> list[str]:
-    """Crawl *site* in the browser from its home page; return every problem found."""
+    """Open every page of *site* in the browser, following links; return every problem."""
     problems: list[str] = []
     if not (site / "javascripts" / "mermaid.min.js").is_file():
         problems.append(
@@ -449,7 +486,8 @@ def check_site(site: Path, executable: str, screenshots: Path | None) -> list[st
             "fetch it (is npm installed and the registry reachable?), so diagrams need a CDN."
         )
     with serve(site) as (base, http_failures), browser(executable) as tools:
-        queue, seen = [base], {base}
+        queue = [urljoin(base, page) for page in site_pages(site)]
+        seen = set(queue)
         anchors: list[tuple[str, str, str]] = []  # (page, target path, fragment)
         pages = 0
         while queue:

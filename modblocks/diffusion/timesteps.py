@@ -38,9 +38,7 @@ class Timesteps(NamedTuple):
 class StrengthTimesteps(NamedTuple):
     """The part of the schedule that image-to-image runs through."""
 
-    scheduler: Annotated[
-        SchedulerMixin, Doc("the run's scheduler, told where the schedule starts")
-    ]
+    scheduler: Annotated[SchedulerMixin, Doc("the run's scheduler, told where the schedule starts")]
     timesteps: Annotated[torch.Tensor, Doc("the last `strength` part of the timesteps")]
     num_inference_steps: Annotated[int, Doc("the number of denoising steps actually run")]
 
