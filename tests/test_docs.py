@@ -17,6 +17,7 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -36,7 +37,7 @@ OUTPUTS = {
     "tutorial/switch.md": ["tutorial_switch.py"],
     "tutorial/loop.md": ["tutorial_loop.py"],
     "tutorial/pipeline.md": ["tutorial_pipeline.py"],
-    "tutorial/stable_diffusion.md": ["tutorial_stable_diffusion.py"],
+    "tutorial/stable_diffusion.md": ["tutorial_stable_diffusion.py", "stable_diffusion.py"],
     "concepts/wiring.md": ["tutorial_wiring.py"],
     "concepts/typing.md": ["tutorial_typing.py"],
     "concepts/errors.md": ["tutorial_errors.py"],
@@ -49,7 +50,8 @@ SNIPPET = re.compile(r'--8<-- "(?P<path>[^":]+)(?::[\w-]+)?"')
 def example_output(name: str) -> str:
     """Run an example as ``__main__`` (as `tests/test_examples.py` does) and return its stdout."""
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    # With no command-line arguments (not pytest's), as `python examples/<name>`.
+    with contextlib.redirect_stdout(out), mock.patch.object(sys, "argv", [str(EXAMPLES / name)]):
         runpy.run_path(str(EXAMPLES / name), run_name="__main__")
     return out.getvalue()
 

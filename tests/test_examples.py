@@ -4,6 +4,7 @@ Training scripts (``train_*.py``) take minutes; they get their own tests.
 """
 
 import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ def test_examples_are_found():
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=[p.name for p in SCRIPTS])
-def test_example_runs(path, capsys):
+def test_example_runs(path, capsys, monkeypatch):
+    # As `python examples/<name>.py`: with no command-line arguments (not pytest's).
+    monkeypatch.setattr(sys, "argv", [str(path)])
     runpy.run_path(str(path), run_name="__main__")
     capsys.readouterr()
 
