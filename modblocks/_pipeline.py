@@ -230,6 +230,7 @@ class Pipeline:
         blocks: Node,
         *,
         torch_dtype: Any = None,
+        variant: str | None = None,
         components: Mapping[str, Any] | None = None,
         configs: Mapping[str, Any] | None = None,
         inference_mode: bool = True,
@@ -240,13 +241,14 @@ class Pipeline:
         diffusers' ``save_pretrained`` or `save_pretrained`. Components given in *components*
         are used as they are instead of being loaded. Configs the blocks declare are read from
         ``model_index.json`` when it sets them (as diffusers pipelines register theirs), and
-        *configs* overrides them.
+        *configs* overrides them. *torch_dtype* and *variant* (``"fp16"`` for weights saved
+        as ``*.fp16.safetensors``) apply to the models, as in diffusers.
         """
         from ._pretrained import load_components, load_configs
 
         given = dict(components or {})
         wanted = [s for s in blocks.components if s.name not in given]
-        loaded = load_components(path, wanted, torch_dtype=torch_dtype)
+        loaded = load_components(path, wanted, torch_dtype=torch_dtype, variant=variant)
         return cls(
             blocks,
             components={**loaded, **given},

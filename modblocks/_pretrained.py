@@ -31,7 +31,11 @@ def _read_index(folder: Path) -> dict[str, Any]:
 
 
 def load_components(
-    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, torch_dtype: Any = None
+    path: str | os.PathLike[str],
+    specs: Sequence[InputSpec],
+    *,
+    torch_dtype: Any = None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Load each component in *specs* from its subfolder, with the class the index names."""
     folder = Path(path)
@@ -46,7 +50,7 @@ def load_components(
             continue
         library, class_name = str(entry[0]), str(entry[1])
         cls = getattr(importlib.import_module(library), class_name)
-        loaded[spec.name] = _load_one(cls, folder / spec.name, torch_dtype)
+        loaded[spec.name] = _load_one(cls, folder / spec.name, torch_dtype, variant)
     if missing:
         listed = ", ".join(f"`{n}`" for n in missing)
         msg = (
@@ -71,10 +75,13 @@ def _is_config_value(value: Any) -> bool:
     return isinstance(value, bool | int | float | str)
 
 
-def _load_one(cls: Any, subfolder: Path, torch_dtype: Any) -> Any:
+def _load_one(cls: Any, subfolder: Path, torch_dtype: Any, variant: str | None) -> Any:
     kwargs: dict[str, Any] = {}
-    if torch_dtype is not None and _is_torch_module(cls):
-        kwargs["torch_dtype"] = torch_dtype
+    if _is_torch_module(cls):
+        if torch_dtype is not None:
+            kwargs["torch_dtype"] = torch_dtype
+        if variant is not None:
+            kwargs["variant"] = variant  # weights saved as `*.fp16.safetensors`
     return cls.from_pretrained(str(subfolder), **kwargs)
 
 

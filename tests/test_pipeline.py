@@ -519,3 +519,27 @@ def test_configs_round_trip_through_model_index_json(tmp_path):
     overridden = mb.Pipeline.from_pretrained(folder, scale, configs={"clip": True})
     assert dict(overridden.configs) == {"factor": 3.0, "clip": True}
     assert overridden(x=0.5, output="scaled") == 1.0
+
+
+def test_from_pretrained_loads_a_weights_variant(tmp_path):
+    """A folder with only `*.fp16.safetensors` weights loads with `variant="fp16"`."""
+    from diffusers import DDIMScheduler
+
+    unet = _tiny_unet().half()
+    folder = tmp_path / "fp16"
+    unet.save_pretrained(folder / "unet", variant="fp16")
+    DDIMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
+    index = {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert sorted(p.name for p in (folder / "unet").glob("*.safetensors")) == [
+        "diffusion_pytorch_model.fp16.safetensors"
+    ]
+
+    loaded = mb.Pipeline.from_pretrained(
+        folder, _unet_blocks(), variant="fp16", torch_dtype=torch.float16
+    )
+    assert loaded.components["unet"].dtype == torch.float16
+    original = unet.state_dict()
+    assert all(
+        torch.equal(v, original[k]) for k, v in loaded.components["unet"].state_dict().items()
+    )
