@@ -11,6 +11,7 @@ never a walk over the ancestors, so a fully cached chain stays linear in its len
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import os
@@ -18,14 +19,14 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import attrs
 
 __all__ = ["Cache", "CacheStats", "fingerprint", "identity_digest", "touch"]
 
-_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})  # immutable by value
 _ABSENT = b"\x00absent\x00" * 2  # 16 bytes: an optional input that was not given
 _tokens: dict[int, tuple[weakref.ref[Any], bytes, int]] = {}
 _tokens_lock = threading.Lock()
@@ -89,7 +90,7 @@ def fingerprint(value: Any, *, hash_tensors: bool = False) -> bytes | None:
         (True, False)
     """
     kind: type[object] = type(cast("object", value))
-    if kind in _PLAIN:
+    if kind in PLAIN:
         return _digest(kind.__name__.encode(), repr(value).encode())
     if kind in (tuple, list):
         parts = [fingerprint(v, hash_tensors=hash_tensors) for v in value]
@@ -172,8 +173,8 @@ def private(value: Any) -> Any:
     notices in-place changes) and modules (components, tracked with `touch`). Inference
     tensors have no counter and are copied; anything else is deep-copied.
     """
-    kind: type[object] = type(cast("object", value))
-    if kind in _PLAIN:
+    kind = cast("type[object]", type(value))
+    if kind in PLAIN:
         return value
     if kind is tuple:
         return tuple(private(v) for v in value)
@@ -242,7 +243,7 @@ Key = tuple[bytes, ...]
 
 
 @attrs.frozen
-class _Entry:
+class Entry:
     outputs: tuple[Any, ...]
     keys: tuple[bytes, ...]  # one per output, for the units that read them
     generator_states: tuple[Any, ...]
@@ -291,7 +292,7 @@ class Cache:
         self.max_bytes = max_bytes
         self.hash_tensors = hash_tensors
         self.check_inplace = check_inplace
-        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._hits = self._misses = self._bytes = self._evictions = 0
 
@@ -300,7 +301,7 @@ class Cache:
         options = (self.max_entries, self.max_bytes, self.hash_tensors, self.check_inplace)
         return (_empty_cache, options)
 
-    def get(self, key: Key) -> _Entry | None:
+    def get(self, key: Key) -> Entry | None:
         """Return the entry stored under *key* (and mark it recently used), or None."""
         with self._lock:
             entry = self._entries.get(key)
@@ -332,7 +333,7 @@ class Cache:
             outputs = tuple(private(v) for v in outputs)
         except Unstorable:
             return keys
-        entry = _Entry(outputs, keys, generator_states, size, versions(outputs))
+        entry = Entry(outputs, keys, generator_states, size, versions(outputs))
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -393,22 +394,40 @@ def key_of(
     return fp
 
 
+KeyFunction = Callable[[bytes, dict[str, bytes], dict[str, Any], bool], Key | None]
+
+
+@functools.cache
+def key_function(names: tuple[str, ...]) -> KeyFunction:
+    """A function computing the key of a unit that reads *names*, or None (see `unit_key`).
+
+    Generated as straight-line code, because it runs for every block of every cached run: it
+    allocates the key tuple and nothing else.
+    """
+    lines = ["def unit_key(identity, keys, values, hash_tensors):", "    get = keys.get"]
+    for i, name in enumerate(names):
+        lines.append(f"    p{i} = get({name!r}) or key_of(keys, values, {name!r}, hash_tensors)")
+        lines.append(f"    if p{i} is None:\n        return None")
+    lines.append(f"    return ({', '.join(['identity', *(f'p{i}' for i in range(len(names)))])},)")
+    namespace: dict[str, Any] = {"key_of": key_of}
+    exec(compile("\n".join(lines), f"<key of {', '.join(names)}>", "exec"), namespace)  # noqa: S102
+    function: KeyFunction = namespace["unit_key"]
+    return function
+
+
 def unit_key(
     identity: bytes,
-    names: Iterable[str],
+    names: tuple[str, ...],
     keys: dict[str, bytes],
     values: dict[str, Any],
     hash_tensors: bool,
 ) -> Key | None:
-    """The key of a block or loop: its identity and its inputs' digests, or None."""
-    parts = [identity]
-    known = keys.get
-    for name in names:
-        part = known(name) or key_of(keys, values, name, hash_tensors)
-        if part is None:
-            return None
-        parts.append(part)
-    return tuple(parts)
+    """The key of a block or loop: its identity and its inputs' digests, or None.
+
+    An input's digest is the key of the output that produced it, else the fingerprint of the
+    value given; None when a value can't be fingerprinted (the unit is then not cached).
+    """
+    return key_function(names)(identity, keys, values, hash_tensors)
 
 
 def output_keys(key: Key, count: int) -> tuple[bytes, ...]:

@@ -8,7 +8,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._cache import Key, fingerprint, fresh_key, generators_in, private, unit_key
+from ._cache import (
+    PLAIN,
+    Entry,
+    Key,
+    fingerprint,
+    fresh_key,
+    generators_in,
+    key_function,
+    private,
+    unit_key,
+)
 from ._run import BLOCK, Exec, Failure, Run, Values
 
 if TYPE_CHECKING:
@@ -24,6 +34,8 @@ def slow_block(block: Node, fast: Exec) -> Exec:
     inputs = tuple(s.name for s in block._iface.inputs) + tuple(n for n, _ in bound)
     outputs = tuple(s.name for s in block.outputs)
     cacheable: bool = getattr(block, "cache", True)
+    identity = b""  # the block's identity digest, read on the first cached run
+    make_key = key_function(inputs)
 
     def run_slow(values: Values, run: Run) -> None:
         cache = run.cache
@@ -39,9 +51,13 @@ def slow_block(block: Node, fast: Exec) -> Exec:
             run.keys.pop(name, None)
         key = None
         if cacheable:
-            key = unit_key(block._identity, inputs, run.keys, values, cache.hash_tensors)
-        if key is not None and _serve(run, key, values, outputs, inputs):
-            return
+            nonlocal identity
+            identity = identity or block._identity
+            key = make_key(identity, run.keys, values, cache.hash_tensors)
+            entry = None if key is None else cache.get(key)
+            if entry is not None:
+                _serve(run, entry, values, outputs, inputs)
+                return
         generators = generators_in(values[n] for n in inputs if n in values)
         _timed(fast, values, run, inputs, cache if cache.check_inplace else None)
         _remember(run, key, values, outputs, (), generators)
@@ -56,7 +72,9 @@ def cached_unit(node: Node, body: Exec, values: Values, run: Run) -> None:
     inputs = tuple(s.name for s in node._iface.inputs)
     outputs = tuple(s.name for s in node.outputs)
     key = unit_key(node._identity, inputs, run.keys, values, cache.hash_tensors)
-    if key is not None and _serve(run, key, values, outputs, inputs):
+    entry = None if key is None else cache.get(key)
+    if entry is not None:
+        _serve(run, entry, values, outputs, inputs)
         return
     generators = generators_in(values[n] for n in inputs if n in values)
     run.uncached += 1
@@ -68,15 +86,12 @@ def cached_unit(node: Node, body: Exec, values: Values, run: Run) -> None:
 
 
 def _serve(
-    run: Run, key: Key, values: Values, outputs: tuple[str, ...], inputs: tuple[str, ...]
-) -> bool:
-    assert run.cache is not None
-    entry = run.cache.get(key)
-    if entry is None:
-        return False
+    run: Run, entry: Entry, values: Values, outputs: tuple[str, ...], inputs: tuple[str, ...]
+) -> None:
     keys = run.keys
     for name, value, output_key in zip(outputs, entry.outputs, entry.keys):  # noqa: B905
-        values[name] = private(value)  # the stored copy stays private: runs may change theirs
+        # The stored copy stays private (runs may change theirs); plain values are immutable.
+        values[name] = value if type(value) in PLAIN else private(value)
         keys[name] = output_key
     if entry.generator_states:
         # Leave the generators as running the unit would have: later draws stay the same.
@@ -85,7 +100,6 @@ def _serve(
             generator.set_state(state)
     if run.events is not None:
         run.emit("cached")
-    return True
 
 
 def _remember(
