@@ -252,11 +252,17 @@ class Entry:
 
 
 def versions(values: Iterable[Any]) -> tuple[int, ...]:
-    """The version counters of the (non-inference) tensors among *values*."""
+    """The version counters of the (non-inference) tensors among *values* and in their lists."""
     torch = sys.modules.get("torch")
     if torch is None:
         return ()
-    return tuple(v._version for v in values if isinstance(v, torch.Tensor) and not v.is_inference())
+    found: list[int] = []
+    for value in values:
+        if type(value) in (list, tuple):
+            found += versions(value)
+        elif isinstance(value, torch.Tensor) and not value.is_inference():
+            found.append(value._version)
+    return tuple(found)
 
 
 class Cache:

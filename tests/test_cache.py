@@ -687,3 +687,16 @@ def test_cache_random_chains_cached_run_equals_uncached_run(data):
     assert dict(node.run(cache=cache, **before)) == reference_run(specs, before)
     assert dict(node.run(cache=cache, **after)) == dict(node.run(**after))
     assert dict(node.run(cache=cache, **after)) == reference_run(specs, after)
+
+
+def test_cache_tensor_in_a_list_changed_in_place_is_not_served():
+    @mb.block(output="parts")
+    def split(x: torch.Tensor) -> list[torch.Tensor]:
+        return [x * 2, x * 3]
+
+    cache = mb.Cache()
+    x = torch.ones(2)
+    parts = split.run(x=x, cache=cache)["parts"]
+    parts[1].add_(100)  # the caller changes a tensor inside the stored list
+    again = split.run(x=x, cache=cache)["parts"]
+    assert [p.tolist() for p in again] == [[2.0, 2.0], [3.0, 3.0]]
