@@ -244,15 +244,17 @@ class Pipeline:
         *configs* overrides them. *torch_dtype* and *variant* (``"fp16"`` for weights saved
         as ``*.fp16.safetensors``) apply to the models, as in diffusers.
         """
-        from ._pretrained import load_components, load_configs
+        from ._pretrained import load_pretrained
 
         given = dict(components or {})
         wanted = [s for s in blocks.components if s.name not in given]
-        loaded = load_components(path, wanted, torch_dtype=torch_dtype, variant=variant)
+        loaded, found = load_pretrained(
+            path, wanted, blocks.configs, torch_dtype=torch_dtype, variant=variant
+        )
         return cls(
             blocks,
             components={**loaded, **given},
-            configs={**load_configs(path, blocks.configs), **(configs or {})},
+            configs={**found, **(configs or {})},
             inference_mode=inference_mode,
         )
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 from ._specs import InputSpec
 from .exceptions import MissingInputError, ModblocksError
 
-__all__ = ["load_components", "load_configs", "save_components"]
+__all__ = ["load_pretrained", "save_components"]
 
 _INDEX = "model_index.json"
 
@@ -30,16 +30,23 @@ def _read_index(folder: Path) -> dict[str, Any]:
     return index
 
 
-def load_components(
+def load_pretrained(
     path: str | os.PathLike[str],
     specs: Sequence[InputSpec],
+    configs: Sequence[InputSpec],
     *,
     torch_dtype: Any = None,
     variant: str | None = None,
-) -> dict[str, Any]:
-    """Load each component in *specs* from its subfolder, with the class the index names."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the components in *specs* and read the *configs* that ``model_index.json`` sets.
+
+    Each component comes from its subfolder, with the class the index names. Diffusers
+    pipelines register their configs in the index too, e.g. SDXL's
+    ``requires_aesthetics_score``.
+    """
     folder = Path(path)
     index = _read_index(folder)
+    found = {c.name: index[c.name] for c in configs if _is_config_value(index.get(c.name))}
     loaded: dict[str, Any] = {}
     missing: list[str] = []
     for spec in specs:
@@ -58,16 +65,7 @@ def load_components(
             "or pass it with `components={...}`."
         )
         raise MissingInputError(msg, names=tuple(missing))
-    return loaded
-
-
-def load_configs(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> dict[str, Any]:
-    """The configs in *specs* that ``model_index.json`` sets.
-
-    Diffusers pipelines register theirs there, e.g. SDXL's ``requires_aesthetics_score``.
-    """
-    index = _read_index(Path(path))
-    return {s.name: index[s.name] for s in specs if _is_config_value(index.get(s.name))}
+    return loaded, found
 
 
 def _is_config_value(value: Any) -> bool:
