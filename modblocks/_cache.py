@@ -160,6 +160,14 @@ def identity_digest(*parts: Any) -> bytes:
     return _digest(*pieces)
 
 
+def is_plain(value: Any) -> bool:
+    """Whether *value* is a plain immutable value, or a tuple or list of them."""
+    kind = cast("type[object]", type(value))
+    if kind in (tuple, list):
+        return all(is_plain(v) for v in value)
+    return kind in PLAIN
+
+
 class Unstorable(Exception):
     """A value the cache can't keep a private copy of (it is then not stored)."""
 

@@ -15,6 +15,7 @@ from ._cache import (
     fingerprint,
     fresh_key,
     generators_in,
+    is_plain,
     key_function,
     private,
     unit_key,
@@ -116,10 +117,9 @@ def _remember(
     if key is None:
         for name in outputs:
             # Not stored: what follows may still be served if the value is the same plain
-            # value (fingerprints of anything else name the object, new on every run).
+            # value. Anything else is new on every run: fingerprinting it would be wasted.
             value = values.get(name)
-            digest = None if generators_in((value,)) else fingerprint(value)
-            run.keys[name] = digest or fresh_key()
+            run.keys[name] = (fingerprint(value) if is_plain(value) else None) or fresh_key()
         return
     produced = tuple(values.get(name) for name in outputs)
     stored = run.cache.put(key, produced, tuple(g.get_state() for g in generators))
