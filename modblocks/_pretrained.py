@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -80,7 +81,17 @@ def _load_one(cls: Any, subfolder: Path, torch_dtype: Any, variant: str | None) 
             kwargs["torch_dtype"] = torch_dtype
         if variant is not None:
             kwargs["variant"] = variant  # weights saved as `*.fp16.safetensors`
+        if _is_diffusers_model(cls) and importlib.util.find_spec("accelerate") is None:
+            # diffusers' default needs accelerate and warns on every load without it.
+            kwargs["low_cpu_mem_usage"] = False
     return cls.from_pretrained(str(subfolder), **kwargs)
+
+
+def _is_diffusers_model(cls: Any) -> bool:
+    return any(
+        base.__name__ == "ModelMixin" and base.__module__.startswith("diffusers.")
+        for base in getattr(cls, "__mro__", ())
+    )
 
 
 def _is_torch_module(cls: Any) -> bool:
