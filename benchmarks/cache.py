@@ -1,3 +1,4 @@
+# pyright: reportUnknownVariableType=false
 """Incremental re-execution: what a fully cached run costs, and what a new seed re-runs.
 
 (a) Key overhead: a chain of N = 10, 100, 300 trivial blocks run with an `mb.Cache` that
@@ -22,23 +23,26 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import modblocks as mb
 
-try:  # run as `python benchmarks/cache.py`, or imported as `benchmarks.cache`
+if TYPE_CHECKING:
     from benchmarks import _harness
-except ImportError:  # pragma: no cover - depends on how the script is started
-    import _harness  # type: ignore[no-redef]
+else:
+    try:  # run as `python benchmarks/cache.py`, or imported as `benchmarks.cache`
+        from benchmarks import _harness
+    except ImportError:  # pragma: no cover - depends on how the script is started
+        import _harness
 
 CHAINS = (10, 100, 300)
 
 
 def trivial_chain(n: int) -> mb.Sequential:
     """A chain of *n* blocks, block k reading ``x{k}`` and producing ``x{k+1}``."""
-    blocks = []
+    blocks: list[mb.Node] = []
     for k in range(n):
         namespace: dict[str, Any] = {}
         exec(f"def f{k}(x{k}):\n    return x{k} + 1", namespace)
@@ -48,16 +52,23 @@ def trivial_chain(n: int) -> mb.Sequential:
 
 def key_table(settings: _harness.Settings) -> str:
     """Per-call and per-block cost of a fully cached chain vs the uncached compiled chain."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for n in CHAINS:
         chain = trivial_chain(n)
         cache = mb.Cache(max_entries=None)
         chain.run(x0=1, cache=cache)  # fill the cache: every later call is all hits
         assert chain.run(x0=1, cache=cache)[f"x{n}"] == n + 1
         hits_before = cache.stats().hits
+
+        def cached_run(chain: mb.Sequential = chain, cache: mb.Cache = cache) -> object:
+            return chain.run(x0=1, cache=cache)
+
+        def uncached_run(chain: mb.Sequential = chain) -> object:
+            return chain.run(x0=1)
+
         contenders: dict[str, Callable[[], object]] = {
-            "cached": lambda chain=chain, cache=cache: chain.run(x0=1, cache=cache),
-            "uncached": lambda chain=chain: chain.run(x0=1),
+            "cached": cached_run,
+            "uncached": uncached_run,
         }
         timings = _harness.measure_interleaved(contenders, settings)
         assert cache.stats().misses == n  # only the first call missed
@@ -107,20 +118,31 @@ def sd_table(settings: _harness.Settings) -> str:
     testing, why2 = _harness.optional_import("modblocks.diffusion.testing", ("tiny_sd_components",))
     if diffusion is None or testing is None:
         return f"(skipped: {why or why2})"
-    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+        StableDiffusionPipeline,
+    )
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     components = testing.tiny_sd_components(seed=0)
     steps = 5 if settings.rounds <= 2 else 20
     rounds = 1 if settings.rounds <= 2 else 7
-    classic = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    # Without a safety checker (diffusers' annotations don't admit the `None`s it accepts).
+    no_safety_checker: dict[str, Any] = {
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+    classic = StableDiffusionPipeline(**components, **no_safety_checker)
     classic.set_progress_bar_config(disable=True)
     cache = mb.Cache()
     pipe = mb.Pipeline(diffusion.text2img, components=components, cache=cache)
-    args = {"num_inference_steps": steps, "output_type": "np", "height": 32, "width": 32}
+    args: dict[str, Any] = {
+        "num_inference_steps": steps,
+        "output_type": "np",
+        "height": 32,
+        "width": 32,
+    }
 
     def ours(prompt: str, seed: int, events: mb.Report | None = None) -> object:
         generator = torch.Generator().manual_seed(seed)
@@ -133,14 +155,22 @@ def sd_table(settings: _harness.Settings) -> str:
     reran: dict[str, str] = {}
     try:
         with mb.progress(disable=True):
-            ours("a cat", 0), theirs("a cat", 0)  # warm up both
+            ours("a cat", 0)  # warm up both
+            theirs("a cat", 0)
             for _ in range(rounds):
                 for label, fill, call in SCENARIOS:
                     cache.clear()
                     if fill is not None:
                         ours(*fill)
-                    times[label][0].append(_seconds(lambda c=call: ours(*c)))
-                    times[label][1].append(_seconds(lambda c=call: theirs(*c)))
+
+                    def ours_again(c: tuple[str, int] = call) -> object:
+                        return ours(*c)
+
+                    def theirs_again(c: tuple[str, int] = call) -> object:
+                        return theirs(*c)
+
+                    times[label][0].append(_seconds(ours_again))
+                    times[label][1].append(_seconds(theirs_again))
             for label, fill, call in SCENARIOS:
                 cache.clear()
                 if fill is not None:
@@ -151,7 +181,7 @@ def sd_table(settings: _harness.Settings) -> str:
                 reran[label] = ", ".join(sorted(ran)) or "nothing"
     finally:
         torch.set_num_threads(threads)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for label, (mine, reference) in times.items():
         ms, ref = statistics.median(mine) * 1e3, statistics.median(reference) * 1e3
         rows.append((label, _harness.fmt(ms), _harness.fmt(ref), f"{ref / ms:.1f}x", reran[label]))
@@ -168,7 +198,7 @@ def sd_table(settings: _harness.Settings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its tables."""
-    settings = _harness.parse_settings(argv, __doc__.splitlines()[0])
+    settings = _harness.parse_settings(argv, (__doc__ or "").partition("\n")[0])
     _harness.emit(_harness.environment(["modblocks", "diffusers", "torch"]))
     _harness.emit(f"{settings.describe()}\n")
     _harness.emit("## (a) Fully cached chain of N trivial blocks\n")

@@ -46,24 +46,25 @@ from the repository root::
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from diffusers.modular_pipelines import (
-    InputParam,
+from diffusers.modular_pipelines.modular_pipeline import (
     ModularPipelineBlocks,
-    OutputParam,
     PipelineState,
     SequentialPipelineBlocks,
 )
+from diffusers.modular_pipelines.modular_pipeline_utils import InputParam, OutputParam
 from diffusers.utils import logging as diffusers_logging
 from pipefunc import PipeFunc, Pipeline
 
-try:  # run as `python benchmarks/overhead.py`, or imported as `benchmarks.overhead`
+if TYPE_CHECKING:
     from benchmarks import _harness
-except ImportError:  # pragma: no cover - depends on how the script is started
-    import _harness  # type: ignore[no-redef]
+else:
+    try:  # run as `python benchmarks/overhead.py`, or imported as `benchmarks.overhead`
+        from benchmarks import _harness
+    except ImportError:  # pragma: no cover - depends on how the script is started
+        import _harness
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -142,7 +143,7 @@ def modblocks_chain(mb: Any, n: int) -> Any:
     blocks = [mb.block(fn, output=f"x{k + 1}") for k, fn in enumerate(make_functions(n))]
     if n == 1:
         return mb.Sequential(blocks)
-    return functools.reduce(operator.rshift, blocks)
+    return functools.reduce(lambda a, b: a >> b, blocks)
 
 
 def build_modblocks(mb: Any, n: int) -> Thunk:
@@ -483,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
-    settings = _harness.parse_settings(argv, __doc__.splitlines()[0])
+    settings = _harness.parse_settings(argv, (__doc__ or "").partition("\n")[0])
     mb, why = _harness.optional_import("modblocks", ("block", "State"))
     notes: dict[str, str] = {}
     if mb is None:

@@ -59,21 +59,24 @@ import tempfile
 import tracemalloc
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
 import modblocks as mb
 from modblocks.diffusion import stable_diffusion, text2img
 from modblocks.diffusion.testing import tiny_sd_components
 
-try:  # run as `python benchmarks/sd.py`, or imported as `benchmarks.sd`
+if TYPE_CHECKING:
     from benchmarks import _harness
-except ImportError:  # pragma: no cover - depends on how the script is started
-    import _harness  # type: ignore[no-redef]
+else:
+    try:  # run as `python benchmarks/sd.py`, or imported as `benchmarks.sd`
+        from benchmarks import _harness
+    except ImportError:  # pragma: no cover - depends on how the script is started
+        import _harness
 
 DESCRIPTION = "Stable Diffusion text-to-image: modblocks vs diffusers' classic pipeline."
 Thunk = Callable[[], np.ndarray]
@@ -84,6 +87,12 @@ GUIDANCE = 7.5
 SCHEDULERS = ("ddim", "euler")
 CONTENDERS = ("modblocks text2img", "modblocks stable_diffusion", "diffusers classic")
 REFERENCE = "diffusers classic"
+# diffusers' classic pipeline without a safety checker (its annotations don't admit the `None`s).
+NO_SAFETY_CHECKER: dict[str, Any] = {
+    "safety_checker": None,
+    "feature_extractor": None,
+    "requires_safety_checker": False,
+}
 
 
 def inputs(steps: int) -> dict[str, Any]:
@@ -121,10 +130,7 @@ def modblocks_pipeline(node: mb.Node) -> Callable[[Mapping[str, Any], int], Thun
 def classic_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     """diffusers' classic ``StableDiffusionPipeline``, on its own copy of the scheduler."""
     pipe: Any = StableDiffusionPipeline(  # diffusers' pipelines are not typed
-        **{**comps, "scheduler": copy.deepcopy(comps["scheduler"])},
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **{**comps, "scheduler": copy.deepcopy(comps["scheduler"])}, **NO_SAFETY_CHECKER
     )
     pipe.set_progress_bar_config(disable=True)
 

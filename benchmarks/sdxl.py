@@ -1,3 +1,4 @@
+# pyright: reportUnknownVariableType=false, reportUnknownArgumentType=false
 """SDXL text-to-image: modblocks vs diffusers' modular and classic SDXL pipelines.
 
 All three run the same tiny random-weight SDXL components (`tiny_sdxl_components`: two
@@ -52,19 +53,26 @@ import tokenize
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers.guiders import ClassifierFreeGuidance
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from diffusers.modular_pipelines import StableDiffusionXLAutoBlocks
+from diffusers.guiders.classifier_free_guidance import ClassifierFreeGuidance
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
+from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffusion_xl import (
+    StableDiffusionXLAutoBlocks,
+)
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import logging as diffusers_logging
 
-try:  # run as `python benchmarks/sdxl.py`, or imported as `benchmarks.sdxl`
+if TYPE_CHECKING:
     from benchmarks import _harness
-except ImportError:  # pragma: no cover - depends on how the script is started
-    import _harness  # type: ignore[no-redef]
+else:
+    try:  # run as `python benchmarks/sdxl.py`, or imported as `benchmarks.sdxl`
+        from benchmarks import _harness
+    except ImportError:  # pragma: no cover - depends on how the script is started
+        import _harness
 
 Thunk = Callable[[], torch.Tensor]
 
@@ -89,7 +97,9 @@ def components(*, free_unet: bool) -> dict[str, Any]:
 
     comps = tiny_sdxl_components()
     if free_unet:
-        comps["unet"] = FreeUNet.from_config(comps["unet"].config).eval()
+        unet = FreeUNet.from_config(comps["unet"].config)
+        assert isinstance(unet, FreeUNet)  # not the `(model, unused_kwargs)` pair
+        comps["unet"] = unet.eval()
     return comps
 
 
@@ -119,7 +129,7 @@ def hand_written(comps: Mapping[str, Any], steps: int) -> Thunk:
 
     @torch.no_grad()
     def call() -> torch.Tensor:
-        hidden = []
+        hidden: list[torch.Tensor] = []
         for tokenizer, encoder in zip(tokenizers, encoders, strict=True):
             ids = tokenizer(
                 PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
@@ -130,7 +140,7 @@ def hand_written(comps: Mapping[str, Any], steps: int) -> Thunk:
                 raise AssertionError("the benchmark's prompt is too long")
             output = encoder(ids, output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
-        pooled = output[0]
+        pooled = output[0]  # pyright: ignore[reportPossiblyUnboundVariable] - set by the loop
         embeds = torch.cat(hidden, dim=-1)
         embeds = torch.cat([torch.zeros_like(embeds), embeds])
         added = {"text_embeds": torch.cat([torch.zeros_like(pooled), pooled]), "time_ids": time_ids}
@@ -176,7 +186,7 @@ def _disable_bars(block: Any) -> int:
 
 def modular_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     """diffusers' ``StableDiffusionXLAutoBlocks`` pipeline, with a 5.0 guider."""
-    pipe = StableDiffusionXLAutoBlocks().init_pipeline()
+    pipe: Any = StableDiffusionXLAutoBlocks().init_pipeline()  # diffusers' calls are not typed
     scheduler = copy.deepcopy(comps["scheduler"])
     guider = ClassifierFreeGuidance(guidance_scale=GUIDANCE)
     pipe.update_components(**{**comps, "scheduler": scheduler}, guider=guider)
@@ -193,7 +203,9 @@ def modular_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
 def classic_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     """diffusers' classic ``StableDiffusionXLPipeline``."""
     scheduler = copy.deepcopy(comps["scheduler"])
-    pipe = StableDiffusionXLPipeline(**{**comps, "scheduler": scheduler}, add_watermarker=False)
+    pipe: Any = StableDiffusionXLPipeline(  # diffusers' pipelines are not typed
+        **{**comps, "scheduler": scheduler}, add_watermarker=False
+    )
     pipe.set_progress_bar_config(disable=True)
 
     def call() -> torch.Tensor:
@@ -254,7 +266,7 @@ def table(comps: Mapping[str, Any], settings: _harness.Settings) -> str:
 
     fixed: dict[str, float | None] = {}
     step_over: dict[str, float | None] = {}
-    rows = []
+    rows: list[list[str]] = []
     for name in CONTENDERS:
         if name != hand:
             fixed[name] = _harness.paired_us(timings, {f"{name} @1": 1, f"{hand} @1": -1})
@@ -315,17 +327,20 @@ def count_lines(source: str, *, docstrings: bool) -> tuple[int, int]:
         The number of lines, and how many of them are in top-level classes whose name
         holds ``ControlNet`` or ``IPAdapter`` (features modblocks' SDXL doesn't have).
     """
-    lines = set()
+    lines: set[int] = set()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type not in _NOT_CODE:
             lines.update(range(token.start[0], token.end[0] + 1))
     tree = ast.parse(source)
     if not docstrings:
         for node in ast.walk(tree):
-            is_string = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-            if is_string and isinstance(node.value.value, str):
+            if (
+                isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
                 lines -= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-    extra = set()
+    extra: set[int] = set()
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and (
             "ControlNet" in node.name or "IPAdapter" in node.name
@@ -352,7 +367,7 @@ def lines_table() -> str:
         total(theirs, docstrings=False),
     )
     core, core_bare = full - extra, full_bare - extra_bare
-    rows = [
+    rows: list[list[object]] = [
         ["modblocks `modblocks/diffusion/xl.py`", mine, mine_bare],
         [
             f"diffusers `modular_pipelines/stable_diffusion_xl/` ({len(theirs)} files)",
@@ -394,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _harness.emit(lines_table())
         return 0
     settings = _harness.parse_settings(
-        args, __doc__.splitlines()[0], _harness.Settings(rounds=30, batch_ns=20_000_000)
+        args, (__doc__ or "").partition("\n")[0], _harness.Settings(rounds=30, batch_ns=20_000_000)
     )
     diffusers_logging.set_verbosity_error()
     torch.set_num_threads(1)  # tiny models: one thread is fastest and least noisy
