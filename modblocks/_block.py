@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import inspect
+import pickle
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -15,7 +17,7 @@ from ._run import MISSING, OUTPUT, Exec, Failure, Values
 from ._signature import FunctionSpec, caller_namespace, read_function
 from ._slow import slow_block
 from ._typecheck import type_name
-from .exceptions import WiringError
+from .exceptions import ModblocksError, WiringError
 
 __all__ = ["Block", "block"]
 
@@ -44,15 +46,17 @@ class Block(Node, Generic[P, R]):
         __qualname__: str
 
     def __attrs_post_init__(self) -> None:
-        # Look like the function to help(), inspect, pydoc and doctest, as
-        # functools.update_wrapper would (it can't: the instance is frozen).
+        # Look like the function to help(), inspect, pydoc, doctest and get_type_hints, as
+        # functools.update_wrapper would (it can't: the instance is frozen). `__annotations__`
+        # in the instance dict shadows, for instances only, the class's attrs annotations.
+        rename = dict(self.renames)
+        bound = dict(self.bound)
         self.__dict__.update(
             __module__=self.fn.__module__,
             __qualname__=self.fn.__qualname__,
             __doc__=self.fn.__doc__,
+            __annotations__=_adapted_annotations(self.fn, rename, bound),
         )
-        rename = dict(self.renames)
-        bound = dict(self.bound)
         inputs = tuple(
             attrs.evolve(s, name=rename.get(s.name, s.name))
             for s in self.spec.inputs
@@ -229,15 +233,71 @@ class Block(Node, Generic[P, R]):
         return Failure("block", exc, block=self.name)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickle by reference, as functions are: the module attribute *is* the block.
+        # Pickle by reference, as functions are: the module attribute *is* the block, or (for
+        # a renamed, bound or named copy) the block or function it is rebuilt from.
         module, qualname = self.fn.__module__, self.fn.__qualname__
+        found: object
         try:
-            if _lookup(module, qualname) is self:
-                return (_lookup, (module, qualname))
+            found = _lookup(module, qualname)
         except (ImportError, AttributeError):
-            pass
-        options = (self.name, self.output, self.cache, self.renames, self.bound)
-        return (_rebuild, (module, qualname, options))
+            found = None
+        if found is self:
+            return (_lookup, (module, qualname))
+        if found is self.fn or (isinstance(found, Block) and found.fn is self.fn):
+            options = (self.name, self.output, self.cache, self.renames, self.bound)
+            return (_rebuild, (module, qualname, options))
+        raise _unpicklable(self, imported=found is not None)
+
+    # Blocks are immutable, so a copy is the block itself (as for functions); a deep copy also
+    # copies bound values. Neither goes through pickling, so local blocks copy too.
+    def __copy__(self) -> Block[P, R]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Block[P, R]:
+        if not self.bound:
+            return self
+        return attrs.evolve(self, bound=copy.deepcopy(self.bound, memo))
+
+
+class BlockPicklingError(ModblocksError, pickle.PicklingError):
+    """A block that pickle can't find again by its module and qualified name."""
+
+    block: str | None = None
+    qualname: str | None = None
+
+
+def _unpicklable(blk: Block[..., Any], *, imported: bool) -> BlockPicklingError:
+    module, qualname = blk.fn.__module__, blk.fn.__qualname__
+    parts = qualname.split(".")
+    if "<locals>" in parts:
+        why = "it is defined inside a function"
+    elif "<lambda>" in parts:
+        why = "its function is a lambda, which has no name to be found by"
+    elif not imported:
+        why = f"pickle can't find `{module}.{qualname}`"
+    else:
+        why = f"`{module}.{qualname}` is another object, not this block's function"
+    msg = (
+        f"can't pickle block `{blk.name}` (function `{module}.{qualname}`): blocks pickle by "
+        f"reference, like functions, and {why}. Define the block with `def` at module level "
+        "of an importable module, or run it on threads instead of processes."
+    )
+    return BlockPicklingError(msg, block=blk.name, qualname=f"{module}.{qualname}")
+
+
+def _adapted_annotations(
+    fn: Callable[..., Any], rename: dict[str, str], bound: dict[str, Any]
+) -> dict[str, Any]:
+    """The function's annotations, for the parameters of the adapted signature (if any)."""
+    annotations: dict[str, Any] = fn.__annotations__
+    if not (rename or bound):
+        return annotations  # the very dict, as functools.update_wrapper shares it
+    adapted: dict[str, Any] = {}
+    for key, value in annotations.items():
+        new = key if key == "return" else rename.get(key, key)
+        if key == "return" or new not in bound:
+            adapted[new] = value
+    return adapted
 
 
 def _short(value: object) -> str:
@@ -310,7 +370,6 @@ def block(
         if isinstance(function, Block):
             function = function.fn
         label = name if name is not None else getattr(function, "__name__", repr(function))
-        _check_identifier(label, label)
         spec = read_function(function, name=label, output=output, namespace=namespace)
         return Block(function, name=label, spec=spec, output=output, cache=cache)
 

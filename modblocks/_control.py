@@ -13,9 +13,9 @@ from ._cache import fresh_key
 from ._node import PRODUCED, Composite, Interface, Node, _check_identifier
 from ._progress import open_bar
 from ._run import BLOCK, CANCELLED, MISSING, Exec, Failure, OnStep, Run, Step, Values, format_path
-from ._sequential import unique_names
+from ._sequential import _check_declared, unique_names
 from ._slow import cached_unit
-from ._specs import NOTHING, InputSpec, OutputSpec
+from ._specs import INPUT, NOTHING, InputSpec, OutputSpec
 from ._state import State
 from .exceptions import WiringError
 
@@ -45,11 +45,14 @@ class Switch(Composite):
         if not nodes:
             msg = f"switch `{self.name}` needs at least one branch."
             raise WiringError(msg, consumer=self.name)
-        self.__dict__["_iface"] = _switch_interface(self, nodes)
         labels = [label for label, _ in self.branches]
         self.__dict__["_labels"] = tuple(labels) + (
-            (unique_names([*labels, self.default.name])[-1],) if self.default is not None else ()
+            (unique_names([*labels, self.default.name or "sequence"])[-1],)
+            if self.default is not None
+            else ()
         )
+        _check_declarations(self._children())
+        self.__dict__["_iface"] = _switch_interface(self, nodes)
 
     @property
     def description(self) -> str:
@@ -113,8 +116,7 @@ class Switch(Composite):
 
     def _compile(self) -> Exec:
         table = [
-            (f"[{label}]", frozenset(node._iface.required), node._exec)
-            for label, node in self._children()
+            (label, frozenset(node._iface.required), node._exec) for label, node in self._children()
         ]
         choose = self._choose
 
@@ -128,8 +130,8 @@ class Switch(Composite):
             segment, required, exec_ = table[pos]
             if not required.issubset(values):
                 names = tuple(sorted(required.difference(values)))
-                why = f"switch `{self.name}` chose branch `{segment[1:-1]}`, which needs it"
-                raise Failure(MISSING, names=names, node=segment[1:-1], why=why).add(segment)
+                why = f"switch `{self.name}` chose branch `{segment}`, which needs it"
+                raise Failure(MISSING, names=names, node=segment, why=why).add(segment)
             if run.slow:
                 run.path.append(segment)
             try:
@@ -141,6 +143,19 @@ class Switch(Composite):
                     run.path.pop()
 
         return run_switch
+
+
+def _check_declarations(children: tuple[tuple[str, Node], ...]) -> None:
+    """Check that the branches agree on their components and configs, as a sequence does.
+
+    A pipeline binds one value per name for every branch, so a name declared with incompatible
+    types (or as a component in one branch and a config in another) is a `WiringError`.
+    """
+    declared: dict[str, tuple[str, InputSpec]] = {}
+    for label, node in children:
+        for spec in node._iface.inputs:
+            if spec.kind != INPUT:
+                _check_declared(declared, label, spec)
 
 
 def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
@@ -202,7 +217,6 @@ def _same_default(a: InputSpec, b: InputSpec) -> bool:
 
 def switch(
     branches: Mapping[str, Node],
-    /,
     *,
     select: Callable[..., str | None] | None = None,
     default: Node | None = None,
@@ -217,7 +231,8 @@ def switch(
     the state (absent ones get their default, or None) — returns one of them, or None.
 
     Args:
-        branches: trigger input (or branch name, with *select*) → node, in the order tried.
+        branches: trigger input (or branch name, with *select*) → node, in the order tried;
+            by position or by keyword (``switch(select=fn, branches={...})``).
         select: a function choosing the branch by name.
         default: the node to run when no branch is chosen.
         name: the switch's name in paths and docs.

@@ -52,7 +52,13 @@ class Pipeline:
     cache: Cache | None = None
 
     def __attrs_post_init__(self) -> None:
-        _check_bindings(self.blocks, self.components, self.configs)
+        _check_bindings(self.blocks, self.components, self.configs, extra_components=True)
+        declared = {spec.name for spec in self.blocks.components}
+        if not declared.issuperset(self.components):
+            # e.g. a diffusers pipeline's `.components`, with its safety checker and other
+            # parts these blocks don't use: keep only what the blocks declare.
+            used = {k: v for k, v in self.components.items() if k in declared}
+            object.__setattr__(self, "components", _frozen_mapping(used))
         bound = {**self.components, **self.configs}
         self.__dict__["_bound"] = bound
         accepted = self.blocks._iface.accepted - self.components.keys()
@@ -196,6 +202,7 @@ class Pipeline:
 
     def with_components(self, **components: Any) -> Pipeline:
         """Return a new pipeline with some components replaced (checked as at construction)."""
+        _check_bindings(self.blocks, {**self.components, **components}, self.configs)
         for component in components.values():
             touch(component)  # a swapped-in object may have been used (and cached) before
         return attrs.evolve(self, components={**self.components, **components})
@@ -328,9 +335,17 @@ def _pick(state: State, name: str, blocks: Node) -> Any:
 
 
 def _check_bindings(
-    blocks: Node, components: Mapping[str, Any], configs: Mapping[str, Any]
+    blocks: Node,
+    components: Mapping[str, Any],
+    configs: Mapping[str, Any],
+    *,
+    extra_components: bool = False,
 ) -> None:
-    """Check every component and config at once; report all problems together."""
+    """Check every component and config at once; report all problems together.
+
+    With *extra_components*, components the blocks don't declare are allowed (and named in
+    the error about missing ones, in case one is misspelled).
+    """
     if not isinstance(cast("object", blocks), Node):
         msg = f"a pipeline runs a node (a block, sequence, switch or loop), not {blocks!r}."
         raise WiringError(msg)
@@ -338,6 +353,8 @@ def _check_bindings(
     declared_configs = {s.name: s for s in blocks.configs}
     label = blocks._label
     unknown = [n for n in components if n not in declared]
+    extra = unknown if extra_components else []
+    unknown = [] if extra_components else unknown
     unknown_configs = [n for n in configs if n not in declared_configs]
     if unknown or unknown_configs:
         lines = [
@@ -359,6 +376,9 @@ def _check_bindings(
             f"`{label}` needs {what} {_names(missing)}. Pass {them} in `components={{...}}` "
             f"or load {them} with `Pipeline.from_pretrained`."
         )
+        if extra:
+            hints = "".join(did_you_mean(n, list(missing)) for n in extra)
+            msg += f" Given but not used by these blocks: {_names(extra)}.{hints}"
         raise MissingInputError(msg, node=label, names=missing)
     wrong = [
         _wrong_type(spec, components[name], "component")

@@ -10,7 +10,7 @@ from typing import Any, Protocol, Self
 __all__ = ["Bar", "open_bar", "progress", "settings"]
 
 _lock = threading.Lock()
-_settings: dict[str, Any] = {"disable": None, "min_steps": 10, "leave": False}
+_settings: dict[str, Any] = {"disable": False, "min_steps": 10, "leave": None}
 
 
 class Bar(Protocol):
@@ -28,17 +28,18 @@ def settings() -> dict[str, Any]:
 class progress(contextlib.ContextDecorator):  # noqa: N801 - a function-style entry point
     """Configure the progress bars of every loop; usable as a call or a ``with`` block.
 
-    ``disable=True`` hides them, ``disable=None`` (the default) lets tqdm hide them where the
-    output is not a terminal (CI logs, pytest), ``min_steps`` is the shortest loop that gets a
-    bar, and every other keyword goes to `tqdm.tqdm` (``file=``, ``ncols=``, ``colour=`` ...).
+    Bars show by default for loops of ``min_steps`` steps or more, on a terminal or not (as in
+    diffusers): ``disable=True`` hides them, ``disable=None`` lets tqdm hide them where the
+    output is not a terminal (CI logs), ``min_steps`` is the shortest loop that gets a bar,
+    and every other keyword goes to `tqdm.tqdm` (``file=``, ``ncols=``, ``colour=`` ...).
     Per-loop settings (``mb.loop(..., progress=...)``) take precedence.
 
     Example:
         >>> with progress(disable=True):
         ...     settings()["disable"]
         True
-        >>> settings()["disable"] is None
-        True
+        >>> settings()["disable"]
+        False
     """
 
     def __init__(self, **options: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from ._block import Block
-from ._node import Composite, Interface, Node, _check_identifier
+from ._node import Adapted, Composite, Interface, Node, _check_identifier
 from ._run import Exec, Failure, Run, Values, did_you_mean
 from ._specs import COMPONENT, CONFIG, INPUT, InputSpec, OutputSpec
 from ._typecheck import is_compatible, type_name
@@ -72,7 +72,7 @@ class Sequential(Composite):
             raise WiringError(msg)
         if self.name is not None:
             _check_identifier(self.name, self.name)
-        self.__dict__["names"] = unique_names(node.name for node in self.nodes)
+        self.__dict__["names"] = unique_names(node.name or "sequence" for node in self.nodes)
         self.__dict__["_iface"] = _wire(self.names, self.nodes)
         self.__dict__["_index"] = {name: pos for pos, name in enumerate(self.names)}
 
@@ -151,7 +151,13 @@ class Sequential(Composite):
         else:
             pos = len(nodes)
         if name is None:
-            name = unique_names([*self.names, node._label])[-1]  # the others keep their names
+            name = unique_names([*self.names, node.name or "sequence"])[-1]  # others keep theirs
+        elif name in self.names:
+            msg = (
+                f"can't insert a sub-block named `{name}`: `{self._label}` already has one. "
+                f"Give another `name=`, or use `.replace({name!r}, node)`."
+            )
+            raise WiringError(msg, name=name, consumer=self._label)
         nodes.insert(pos, node if name == node.name else node.named(name))
         return self._rebuilt(nodes)
 
@@ -225,7 +231,11 @@ def _wire(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Interface:
             if spec.name in producer:
                 source, produced = producer[spec.name]
                 if not is_compatible(produced.type, spec.type):
-                    raise _type_error(spec.name, source, produced.type, child_name, spec.type)
+                    producer_path = _within(nodes[names.index(source)], source, spec.name, 1)
+                    consumer_path = _within(node, child_name, spec.name, 0)
+                    raise _type_error(
+                        spec.name, producer_path, produced.type, consumer_path, spec.type
+                    )
                 if spec.name not in maybe:
                     continue
                 spec = attrs.evolve(spec, required=False)  # may be given when not produced
@@ -255,11 +265,35 @@ def _merge_need(needed: dict[str, InputSpec], spec: InputSpec) -> None:
     if first is None:
         needed[spec.name] = spec
         return
-    # The first consumer describes the value; it is required if any consumer requires it,
-    # and it is a component or config if any consumer declares it so.
+    # The first consumer describes the value and says whether it is required (later consumers
+    # that require it get its default: `_fed_defaults`); it is a component or config if any
+    # consumer declares it so.
     kind = first.kind if first.kind != INPUT else spec.kind
-    if spec.required != first.required or kind != first.kind:
-        needed[spec.name] = attrs.evolve(first, required=first.required or spec.required, kind=kind)
+    if kind != first.kind:
+        needed[spec.name] = attrs.evolve(first, kind=kind)
+
+
+def _fed_defaults(nodes: tuple[Node, ...]) -> list[tuple[tuple[str, Any], ...]]:
+    """Per node, the defaults it gets: inputs it requires that its sequence doesn't.
+
+    An input of a sequence is optional when its first consumer has a default; a later consumer
+    that requires it, and reads it before anything produces it, gets that default (as in
+    diffusers, where the combined input's default is what every block reads).
+    """
+    first: dict[str, InputSpec] = {}
+    produced: set[str] = set()
+    feeds: list[tuple[tuple[str, Any], ...]] = []
+    for node in nodes:
+        feed: list[tuple[str, Any]] = []
+        for spec in node._iface.inputs:
+            if spec.name in produced:
+                continue
+            earlier = first.setdefault(spec.name, spec)
+            if spec.required and not earlier.required:
+                feed.append((spec.name, earlier.default))
+        feeds.append(tuple(feed))
+        produced.update(node._iface.provides)
+    return feeds
 
 
 def _check_declared(
@@ -283,6 +317,25 @@ def _check_declared(
             "Make the annotations agree, or rename one with `.rename(...)`."
         )
         raise WiringError(msg, name=spec.name, producer=first_owner, consumer=owner)
+
+
+def _within(node: Node, label: str, name: str, writer: int) -> str:
+    """Return *label* and the path to the block in *node* that reads *name* first, for messages.
+
+    With *writer*, the block that writes it last. Example: ``denoise > scheduler_step``.
+    """
+    if isinstance(node, Adapted):
+        inner = {outer: inner for inner, outer in node.renames}.get(name, name)
+        return _within(node.node, label, inner, writer)
+    children = node._children()
+    if writer:
+        children = children[::-1]
+    for child_label, child in children:
+        iface = child._iface
+        found = name in iface.provides if writer else name in iface.accepted
+        if found:
+            return _within(child, f"{label} > {child_label}", name, writer)
+    return label
 
 
 def _type_error(
@@ -311,8 +364,12 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
     lines: list[str] = []
     execs = tuple(node._exec for node in nodes)
     slows = tuple(node._slow_exec for node in nodes)
+    feeds = _fed_defaults(nodes)
     for k, node in enumerate(nodes):
         lines.append(f"k = {k}")
+        for j, (name, default) in enumerate(feeds[k]):
+            namespace[f"f_{k}_{j}"] = default
+            lines.append(f"if {name!r} not in v: v[{name!r}] = f_{k}_{j}")
         if isinstance(node, Block):
             block_lines, block_ns = node._source(f"_{k}")
             lines += block_lines
@@ -344,10 +401,12 @@ def _compile_sequence(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Exec:
         cancel = run.cancel
         k = 0
         try:
-            for k, (name, exec_) in enumerate(zip(names, slows, strict=True)):  # noqa: B007
+            for k, (name, exec_) in enumerate(zip(names, slows, strict=True)):
                 path.append(name)
                 if cancel is not None and cancel.cancelled:
                     run.check_cancel()  # before `name` runs: the path says where it stopped
+                for given, default in feeds[k]:
+                    values.setdefault(given, default)
                 exec_(values, run)
                 path.pop()
         except Exception as exc:  # noqa: BLE001 - turned into a Failure with the path

@@ -46,6 +46,7 @@ def read_function(
 ) -> FunctionSpec:
     """Read inputs, outputs and descriptions of *fn*, or raise `DefinitionError`."""
     _check_function_type(fn, name)
+    _check_name(fn, name)
     localns = {**_closure_vars(fn), **namespace}
     hints = _type_hints(fn, localns)
     description, param_docs = parse_docstring(fn.__doc__)
@@ -102,6 +103,27 @@ def _check_function_type(fn: object, name: str) -> None:
             "method. Define the block as a function outside the class."
         )
         raise DefinitionError(msg, function=name)
+
+
+def _check_name(fn: Callable[..., Any], name: object) -> None:
+    """A block's name is a Python identifier: it names the block in sequences and paths."""
+    if isinstance(name, str) and name.isidentifier():
+        return
+    qualname = getattr(fn, "__qualname__", repr(fn))
+    if name == getattr(fn, "__name__", None):
+        what = "the lambda" if name == "<lambda>" else "the function"
+        msg = (
+            f"{what} `{qualname}` can't be a block under its own name {name!r}, because a "
+            "block's name must be a Python identifier. Pass one: "
+            '`mb.block(fn, name="...")`, or define the function with `def`.'
+        )
+    else:
+        msg = (
+            f"the function `{qualname}` can't be a block named {name!r}, because a block's "
+            "name must be a Python identifier. Pass an identifier as `name=`, e.g. "
+            '`name="encode_image"`.'
+        )
+    raise DefinitionError(msg, function=getattr(fn, "__name__", qualname))
 
 
 def _check_parameter(param: inspect.Parameter, name: str) -> None:

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 __all__ = ["is_compatible", "type_name"]
 
 _NONE = type(None)
-# PEP 484's numeric tower: an int is acceptable where a float is, both where a complex is.
+# PEP 484's numeric tower: an int (so also a bool) is acceptable where a float is, both
+# where a complex is. Checked with issubclass, so subclasses of int and float pass too.
 _PROMOTIONS: dict[type, tuple[type, ...]] = {float: (int,), complex: (int, float)}
 
 
@@ -47,8 +48,8 @@ def is_compatible(produced: Any, expected: Any) -> bool:
     """Return whether a value annotated *produced* may feed an input annotated *expected*.
 
     Example:
-        >>> is_compatible(int, float), is_compatible(str, int | None)
-        (True, False)
+        >>> is_compatible(int, float), is_compatible(bool, complex), is_compatible(str, int | None)
+        (True, True, False)
         >>> is_compatible(list[int], list), is_compatible(list[int], dict[str, int])
         (True, False)
     """
@@ -69,9 +70,9 @@ def is_compatible(produced: Any, expected: Any) -> bool:
         return True
     if not isinstance(produced_cls, type) or not isinstance(expected_cls, type):
         return True
-    if produced_cls in _PROMOTIONS.get(expected_cls, ()):
-        return True
     try:
+        if issubclass(produced_cls, _PROMOTIONS.get(expected_cls, ())):
+            return True
         return issubclass(produced_cls, expected_cls)
     except TypeError:  # non-runtime protocols and other classes issubclass can't decide
         return True

@@ -123,8 +123,8 @@ def reference_wiring(specs: Sequence[BlockSpec]) -> tuple[dict[str, bool], list[
     """Return the chain's inputs (name → required, in order of first need) and outputs.
 
     DESIGN §2: an input produced by an earlier block is fed from it; any other input is an
-    input of the chain, required if a consumer that is not fed requires it. Outputs: every
-    produced name, in order of first production.
+    input of the chain, required if the first consumer requires it. Outputs: every produced
+    name, in order of first production.
     """
     produced: set[str] = set()
     inputs: dict[str, bool] = {}
@@ -132,15 +132,36 @@ def reference_wiring(specs: Sequence[BlockSpec]) -> tuple[dict[str, bool], list[
     for spec in specs:
         for name in spec.required:
             if name not in produced:
-                inputs[name] = True
+                inputs.setdefault(name, True)
         for name, _ in spec.optional:
             if name not in produced:
-                inputs[name] = inputs.get(name, False)
+                inputs.setdefault(name, False)
         for name in spec.writes:
             produced.add(name)
             if name not in outputs:
                 outputs.append(name)
     return inputs, outputs
+
+
+def reference_run(specs: Sequence[BlockSpec], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the chain by hand: a dict updated by each block in turn.
+
+    A block that requires a value nobody gave or produced gets the default of its first
+    consumer (which had one, or the chain would have required it).
+    """
+    values = dict(given)
+    first_read: dict[str, tuple[bool, Any]] = {}  # name -> (had a default, the default)
+    for spec in specs:
+        for name in spec.required:
+            had_default, default = first_read.setdefault(name, (False, None))
+            if name not in values and had_default:
+                values[name] = default
+        for name, default in spec.optional:
+            first_read.setdefault(name, (True, default))
+        args = {name: values[name] for name in spec.required}
+        args.update({name: values.get(name, default) for name, default in spec.optional})
+        values.update(zip(spec.writes, spec.compute(args), strict=True))
+    return values
 
 
 def reference_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -151,16 +172,6 @@ def reference_names(names: Sequence[str]) -> tuple[str, ...]:
         seen[name] += 1
         out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return tuple(out)
-
-
-def reference_run(specs: Sequence[BlockSpec], given: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the chain by hand: a dict updated by each block in turn."""
-    values = dict(given)
-    for spec in specs:
-        args = {name: values[name] for name in spec.required}
-        args.update({name: values.get(name, default) for name, default in spec.optional})
-        values.update(zip(spec.writes, spec.compute(args), strict=True))
-    return values
 
 
 # -- states ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import typing
 from typing import Annotated, Any, NamedTuple
 
 import attrs
@@ -87,6 +88,24 @@ def test_block_keeps_function_identity():
     assert list(inspect.signature(increment).parameters) == ["x", "step"]
     assert inspect.signature(increment).parameters["step"].default == 1
     assert inspect.signature(increment).return_annotation in (int, "int")
+
+
+@pytest.mark.parametrize("blk", [increment, summarize, encode, nothing], ids=lambda b: b.name)
+def test_block_keeps_function_annotations_under_future_annotations(blk):
+    # This module uses `from __future__ import annotations`: the annotations are strings,
+    # and type hints resolve them against the function's globals (through `__wrapped__`).
+    fn = blk.__wrapped__
+    assert blk.__annotations__ is fn.__annotations__
+    assert all(isinstance(value, str) for value in blk.__annotations__.values())
+    assert typing.get_type_hints(blk) == typing.get_type_hints(fn)
+    extras = typing.get_type_hints(blk, include_extras=True)
+    assert extras == typing.get_type_hints(fn, include_extras=True)
+    assert inspect.get_annotations(blk, eval_str=True) == inspect.get_annotations(fn, eval_str=True)
+    if blk is encode:
+        assert extras["vae"] == mb.Component[Vae]
+        assert extras["scale"] == mb.Config[float]
+    # The class keeps its attrs field annotations.
+    assert "fn" in mb.Block.__annotations__
 
 
 def test_block_keeps_qualname_of_local_function():

@@ -137,12 +137,12 @@ def test_events_switch_path_names_the_chosen_branch():
     auto = mb.switch({"image": img2img}, default=text2img, name="auto")
     events: list[mb.Event] = []
     auto.run(image=2, prompt="abc", events=events.append)
-    assert _kinds(events) == [("started", "auto > [img2img]"), ("finished", "auto > [img2img]")]
+    assert _kinds(events) == [("started", "auto > img2img"), ("finished", "auto > img2img")]
     events.clear()
     (auto >> decode).named("pipe").run(prompt="abc", events=events.append)
     assert _kinds(events) == [
-        ("started", "pipe > auto > [text2img]"),
-        ("finished", "pipe > auto > [text2img]"),
+        ("started", "pipe > auto > text2img"),
+        ("finished", "pipe > auto > text2img"),
         ("started", "pipe > decode"),
         ("finished", "pipe > decode"),
     ]
@@ -154,8 +154,8 @@ def test_events_switch_with_a_sequence_branch_names_its_blocks():
     events: list[mb.Event] = []
     auto.run(image=2, events=events.append)
     assert [e.path for e in events if e.kind == "finished"] == [
-        "auto > [i2i] > img2img",
-        "auto > [i2i] > decode",
+        "auto > i2i > img2img",
+        "auto > i2i > decode",
     ]
 
 

@@ -91,10 +91,23 @@ def test_pipeline_config_of_the_wrong_type_is_a_wiring_error():
         mb.Pipeline(model, components=_components(), configs={"gain": "loud"})
 
 
-def test_pipeline_unknown_component_name_suggests_the_close_one():
-    with pytest.raises(mb.UnknownInputError, match=r"`prj`.*Did you mean `proj`\?") as info:
-        mb.Pipeline(model, components={**_components(), "prj": torch.nn.Linear(3, 4)})
-    assert info.value.names == ("prj",)
+def test_pipeline_misspelled_component_is_named_in_the_missing_error():
+    components = _components()
+    components["prj"] = components.pop("proj")
+    with pytest.raises(mb.MissingInputError, match=r"`prj`.*Did you mean `proj`\?") as info:
+        mb.Pipeline(model, components=components)
+    assert info.value.names == ("proj",)
+
+
+def test_pipeline_leaves_out_components_its_blocks_do_not_declare():
+    # As with a diffusers pipeline's `.components`: a safety checker, unset optional parts.
+    given = {**_components(), "safety_checker": torch.nn.Identity(), "image_encoder": None}
+    pipe = mb.Pipeline(model, components=given)
+    assert sorted(pipe.components) == sorted(_components())
+    used = mb.Pipeline(model, components={name: given[name] for name in ("proj", "norm")})
+    assert torch.equal(pipe(x=X, output="y"), used(x=X, output="y"))
+    with pytest.raises(mb.UnknownInputError, match="safety_checker"):
+        pipe.with_components(safety_checker=torch.nn.Identity())  # naming one: must exist
 
 
 def test_pipeline_unknown_config_name_suggests_the_close_one():

@@ -227,18 +227,35 @@ def test_sequential_input_read_before_it_is_produced_is_an_input():
     assert [s.name for s in seq.outputs] == ["z", "y"]
 
 
-def test_sequential_input_required_if_any_unfed_consumer_requires_it():
+def test_sequential_input_required_if_its_first_consumer_requires_it():
     @mb.block(output="a")
-    def optional_k(k: int = 0) -> int:
+    def optional_k(k: int = 7) -> int:
         return k
 
     @mb.block(output="b")
     def required_k(k: int) -> int:
         return k
 
-    assert [(s.name, s.required) for s in (optional_k >> required_k).inputs] == [("k", True)]
+    inputs = (optional_k >> required_k).inputs
+    assert [(s.name, s.required, s.default) for s in inputs] == [("k", False, 7)]
     assert [(s.name, s.required) for s in (required_k >> optional_k).inputs] == [("k", True)]
     assert [(s.name, s.required) for s in (optional_k >> optional_k).inputs] == [("k", False)]
+
+
+def test_later_consumer_that_requires_an_input_gets_the_first_consumers_default():
+    @mb.block(output="a")
+    def optional_k(k: int = 7) -> int:
+        return k
+
+    @mb.block(output="b")
+    def required_k(k: int) -> int:
+        return 10 * k
+
+    seq = optional_k >> required_k
+    assert seq.run().b == 70
+    assert seq.run(k=2).b == 20
+    assert seq.run(on_step=lambda _state: None).b == 70  # the path-tracking runner too
+    assert list(seq.stream())[-1].b == 70
 
 
 def test_sequential_produced_value_is_not_required_even_if_later_consumer_requires_it():
@@ -264,7 +281,7 @@ def test_sequential_first_consumer_describes_the_input():
 
     (spec,) = (first >> second).inputs
     assert spec.description == "first words"
-    assert spec.required is True
+    assert (spec.required, spec.default) == (False, 1)
 
 
 def test_sequential_output_updating_an_input():
@@ -712,3 +729,45 @@ def test_specs_of_generated_blocks_are_what_they_declare():
     ]
     assert [s.name for s in blk.outputs] == ["c", "a"]
     assert dict(blk.run(a=1)) == reference_run([spec], {"a": 1})
+
+
+def test_wrapped_anonymous_sequences_get_string_names():
+    @mb.block(output="y")
+    def first(x: int) -> int:
+        return x + 1
+
+    @mb.block(output="z")
+    def second(y: int) -> int:
+        return y * 2
+
+    @mb.block(output="w")
+    def third(z: int) -> int:
+        return z - 1
+
+    bound = (first >> second).bind(x=1)
+    seq = bound >> bound.rename(z="q") >> third
+    assert seq.names == ("sequence", "sequence_2", "third")
+    assert seq.run().w == 3
+
+
+def test_insert_with_a_name_already_taken_is_a_wiring_error():
+    seq = f >> g
+    with pytest.raises(mb.WiringError, match=r"already has one.*another `name=`"):
+        seq.insert(f, before="g", name="g")
+    assert seq.insert(f, before="g").names == ("f", "f_2", "g")
+
+
+def test_type_error_into_a_nested_node_names_the_block_that_reads_the_value():
+    @mb.block(output="y")
+    def make_text() -> str:
+        return "a"
+
+    @mb.block(output="z")
+    def use_number(y: int, t: int) -> int:
+        return y + t
+
+    with pytest.raises(mb.WiringError) as info:
+        make_text >> mb.loop(use_number, over="ts", name="denoise")
+    assert "from `make_text` into `denoise > use_number`" in str(info.value)
+    with pytest.raises(mb.WiringError, match=r"from `prep > make_text` into `use_number`"):
+        (make_text >> g.rename(y="unused")).named("prep") >> use_number

@@ -184,7 +184,7 @@ def test_switch_block_error_path():
     with pytest.raises(BlockError) as info:
         sw.run(mask_image="m", prompt="p")
     err = info.value
-    assert err.path == "auto > [inpaint] > prepare"
+    assert err.path == "auto > inpaint > prepare"
     assert isinstance(err.__cause__, ValueError)
     assert dict(err.state) == {"mask_image": "m", "prompt": "p"}
 
@@ -203,17 +203,112 @@ def test_switch_block_error_path_inside_a_sequence():
     seq = (make_prompt >> sw).named("pipe")
     with pytest.raises(BlockError) as info:
         seq.run(raw="r", image="i")
-    assert info.value.path == "pipe > auto > [broken]"
+    assert info.value.path == "pipe > auto > broken"
     assert dict(info.value.state) == {"raw": "r", "image": "i", "prompt": "r"}
 
 
-def test_switch_select_function():
+def test_switch_path_has_no_brackets_around_the_branch():
+    @mb.block(output="prepared")
+    def a(x: int) -> int:
+        return x
+
+    @mb.block(output="latents")
+    def boom(prepared: int) -> int:
+        raise ValueError("boom")
+
+    pipe = (a >> mb.switch({"x": boom}, name="choose")).named("pipe")
+    with pytest.raises(BlockError) as info:
+        pipe.run(x=1)
+    assert info.value.path == "pipe > choose > boom"
+    assert info.value.block == "boom"
+    assert "(at `pipe > choose > boom`)" in str(info.value)
+
+
+@pytest.mark.parametrize("by", ["trigger", "select"])
+def test_switch_path_through_a_named_sequence_branch(by):
+    @mb.block(output="prepared")
+    def prepare(image: Any) -> str:
+        return f"prepared {image}"
+
+    broken = [True]
+
+    @mb.block(output="latents")
+    def boom(prepared: str) -> str:
+        if broken[0]:
+            raise RuntimeError("boom")
+        return f"latents from {prepared}"
+
+    branch = (prepare >> boom).named("branchname")
+    if by == "trigger":
+        sw = mb.switch({"image": branch}, default=text2img, name="sw")
+    else:
+        sw = mb.switch(
+            select=lambda image=None: None if image is None else "branchname",
+            branches={"branchname": branch},
+            default=text2img,
+            name="sw",
+        )
+
+    @mb.block(output="image")
+    def load(raw: str) -> str:
+        return raw
+
+    outer = (load >> sw).named("outer")
+    with pytest.raises(BlockError) as info:
+        outer.run(raw="r")
+    err = info.value
+    assert err.path == "outer > sw > branchname > boom"
+    assert err.block == "boom"
+    assert dict(err.state) == {"raw": "r", "image": "r", "prepared": "prepared r"}
+    # The same path with events, cancellation or a cache (the block-by-block path).
+    events: list[mb.Event] = []
+    with pytest.raises(BlockError) as info:
+        outer.run(raw="r", events=events.append)
+    assert info.value.path == "outer > sw > branchname > boom"
+    assert [e.path for e in events if e.kind == "started"] == [
+        "outer > load",
+        "outer > sw > branchname > prepare",
+        "outer > sw > branchname > boom",
+    ]
+    # The path resumes the run, at the switch (which chooses again).
+    broken[0] = False
+    final = outer.run(err.state, resume=err.path)
+    assert final["latents"] == "latents from prepared r"
+
     sw = mb.switch({"inpaint": inpaint, "img2img": img2img}, select=choose_mode, default=text2img)
     assert sw.run(mode="inpaint", mask_image="m", image="i")["latents"] == "inpaint m i 0.3"
     assert sw.run(mode="img2img", image="i")["latents"] == "img2img i 0.8"
     # A parameter absent from the state gets its default (here None for both).
     assert sw.run(prompt="p")["latents"] == "text2img p"
     assert sw.run(image="i", strength=0.1)["latents"] == "img2img i 0.1"
+
+
+@pytest.mark.parametrize("default", [None, text2img], ids=["no_default", "default"])
+def test_switch_branches_by_keyword_or_position(default):
+    branches = {"inpaint": inpaint, "img2img": img2img}
+    by_keyword = mb.switch(select=choose_mode, branches=branches, default=default)
+    by_position = mb.switch(branches, select=choose_mode, default=default)
+    for sw in (by_keyword, by_position):
+        assert isinstance(sw, mb.Switch)
+        assert sw.branches == (("inpaint", inpaint), ("img2img", img2img))
+        assert sw.default is default
+        assert sw.run(mode="img2img", image="i")["latents"] == "img2img i 0.8"
+        assert sw.resolve(mode="inpaint") is inpaint
+        if default is None:
+            assert dict(sw.run(mb.State(prompt="p"))) == {"prompt": "p"}
+        else:
+            assert sw.run(prompt="p")["latents"] == "text2img p"
+
+
+@pytest.mark.parametrize("default", [None, text2img], ids=["no_default", "default"])
+def test_switch_trigger_branches_by_keyword_or_position(default):
+    triggers = {"mask_image": inpaint, "image": img2img}
+    by_keyword = mb.switch(branches=triggers, default=default, name="auto")
+    by_position = mb.switch(triggers, default=default, name="auto")
+    for sw in (by_keyword, by_position):
+        assert sw.triggers == ("mask_image", "image")
+        assert sw.run(image="i", mask_image="m")["latents"] == "inpaint m i 0.3"
+        assert sw.resolve() is default
 
 
 def test_switch_select_parameters_are_inputs():
@@ -353,3 +448,114 @@ def test_switch_doc_describes_the_rule():
     assert "inpaint" in text
     assert "img2img" in text
     assert "text2img" in text
+
+
+# -- components and configs shared by the branches ----------------------------------------------
+
+
+class Vae:
+    pass
+
+
+class TinyVae(Vae):
+    pass
+
+
+class Unet:
+    pass
+
+
+@mb.block(output="out")
+def uses_vae(x: Any, m: mb.Component[Vae]) -> str:
+    return "vae"
+
+
+@mb.block(output="out")
+def uses_unet(y: Any, m: mb.Component[Unet]) -> str:
+    return "unet"
+
+
+def test_switch_component_type_conflict_with_the_default():
+    with pytest.raises(
+        WiringError, match=r"component `m` is declared with incompatible types"
+    ) as info:
+        mb.switch({"x": uses_vae}, default=uses_unet)
+    err = info.value
+    assert (err.name, err.producer, err.consumer) == ("m", "uses_vae", "uses_unet")
+    text = str(err)
+    assert "Vae" in text
+    assert "Unet" in text
+    assert ".rename(" in text
+    # The same message as a sequence of the same two blocks gives.
+    with pytest.raises(WiringError) as in_sequence:
+        uses_vae >> uses_unet
+    assert str(in_sequence.value) == text
+
+
+def test_switch_component_type_conflict_between_branches():
+    with pytest.raises(WiringError, match=r"`m`") as info:
+        mb.switch({"x": uses_vae, "y": uses_unet}, name="pick")
+    assert (info.value.producer, info.value.consumer) == ("uses_vae", "uses_unet")
+    with pytest.raises(WiringError, match=r"`m`") as info:
+        mb.switch({"a": uses_vae, "b": uses_unet}, select=lambda mode=None: mode)
+    # With `select`, the branches are called by their keys.
+    assert (info.value.producer, info.value.consumer) == ("a", "b")
+
+
+def test_switch_component_type_conflict_inside_a_sequence_branch():
+    @mb.block(output="x")
+    def load(raw: Any) -> Any:
+        return raw
+
+    branch = (load >> uses_vae).named("vae_branch")
+    with pytest.raises(WiringError, match=r"`m`") as info:
+        mb.switch({"raw": branch}, default=uses_unet)
+    assert (info.value.producer, info.value.consumer) == ("vae_branch", "uses_unet")
+
+
+def test_switch_config_type_conflict():
+    @mb.block(output="out")
+    def a(x: Any, scale: mb.Config[float] = 1.0) -> str:
+        return "a"
+
+    @mb.block(output="out")
+    def b(scale: mb.Config[str] = "big") -> str:
+        return "b"
+
+    with pytest.raises(WiringError, match=r"config `scale`") as info:
+        mb.switch({"x": a}, default=b)
+    assert (info.value.name, info.value.producer, info.value.consumer) == ("scale", "a", "b")
+
+
+def test_switch_component_and_config_of_one_name_conflict():
+    @mb.block(output="out")
+    def a(x: Any, scale: mb.Component[float]) -> str:
+        return "a"
+
+    @mb.block(output="out")
+    def b(scale: mb.Config[float] = 1.0) -> str:
+        return "b"
+
+    with pytest.raises(WiringError, match=r"`scale`") as info:
+        mb.switch({"x": a}, default=b)
+    assert (info.value.producer, info.value.consumer) == ("a", "b")
+
+
+def test_switch_component_with_compatible_types():
+    @mb.block(output="out")
+    def tiny(x: Any, m: mb.Component[TinyVae]) -> str:
+        return "tiny"
+
+    @mb.block(output="out")
+    def same(y: Any, m: mb.Component[Vae]) -> str:
+        return "same"
+
+    for node in (
+        mb.switch({"x": uses_vae}, default=tiny),
+        mb.switch({"x": tiny}, default=uses_vae),
+        mb.switch({"x": uses_vae, "y": same}),
+    ):
+        assert [s.name for s in node.components] == ["m"]
+    sw = mb.switch({"x": tiny}, default=same)
+    assert sw.run(x=1, m=TinyVae())["out"] == "tiny"
+    assert sw.run(y=1, m=Vae())["out"] == "same"

@@ -58,6 +58,11 @@ COMPATIBLE = [
     (int, float),  # PEP 484 numeric tower
     (int, complex),
     (float, complex),
+    (bool, float),  # a bool is an int, and an int is acceptable where a float is
+    (bool, complex),
+    (bool | int, float),
+    (bool, float | None),
+    (Literal[True], float),
     (Any, int),
     (int, Any),
     (int, object),
@@ -97,6 +102,14 @@ INCOMPATIBLE = [
     (Literal["a"], int),
     (dict[str, int], collections.abc.Sequence),
     (complex, float),
+    (complex, int),
+    (float, bool),
+    (int, bool),
+    (Optional[int], int),  # noqa: UP045 - None could flow
+    (Optional[bool], float),  # noqa: UP045
+    (bool | None, complex),
+    (str, float),
+    (str, complex),
 ]
 
 
@@ -130,3 +143,60 @@ def test_typecheck_unannotated_sides_pass():
 
     assert _producer(int) >> _consumer(Any)
     assert (untyped >> _consumer(str)).names == ("untyped", "consume")
+
+
+class Flag(typing.NamedTuple):
+    flag: bool
+
+
+class Count(typing.NamedTuple):
+    count: int
+
+
+class MaybeCount(typing.NamedTuple):
+    count: Optional[int]  # noqa: UP045
+
+
+def test_typecheck_numeric_tower_in_a_two_block_sequence():
+    @mb.block
+    def make_flag() -> Flag:
+        return Flag(True)
+
+    @mb.block
+    def make_count() -> Count:
+        return Count(3)
+
+    @mb.block(output="ratio")
+    def halve(flag: float) -> float:
+        return flag / 2
+
+    @mb.block(output="z")
+    def rotate(count: complex) -> complex:
+        return count * 1j
+
+    @mb.block(output="z")
+    def rotate_flag(flag: complex) -> complex:
+        return flag * 1j
+
+    assert (make_flag >> halve).run()["ratio"] == 0.5
+    assert (make_count >> rotate).run()["z"] == 3j
+    assert (make_flag >> rotate_flag).run()["z"] == 1j
+
+
+def test_typecheck_optional_int_into_int_is_still_rejected():
+    @mb.block
+    def maybe() -> MaybeCount:
+        return MaybeCount(None)
+
+    @mb.block(output="double")
+    def double(count: int) -> int:
+        return 2 * count
+
+    with pytest.raises(WiringError) as info:
+        maybe >> double
+    assert (info.value.name, info.value.producer, info.value.consumer) == (
+        "count",
+        "maybe",
+        "double",
+    )
+    assert "int | None" in str(info.value)

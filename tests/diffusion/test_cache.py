@@ -28,9 +28,9 @@ from modblocks.diffusion.testing import tiny_scheduler, tiny_sd_components
 from modblocks.diffusion.vae import Images
 
 SMALL: dict[str, Any] = {"height": 32, "width": 32, "num_inference_steps": 2, "output_type": "np"}
-T2I = "stable_diffusion > [text2img] > "
-I2I = "stable_diffusion > [img2img] > "
-INPAINT = "stable_diffusion > [inpaint] > "
+T2I = "stable_diffusion > text2img > "
+I2I = "stable_diffusion > img2img > "
+INPAINT = "stable_diffusion > inpaint > "
 LOOP_BODY = ("scale_model_input", "predict_noise", "scheduler_step")
 INPAINT_BODY = (
     "scale_model_input",

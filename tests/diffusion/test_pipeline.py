@@ -22,6 +22,18 @@ def test_pipeline_matches_diffusers(components, init_image, generators, referenc
         assert_same(actual, expected)
 
 
+def test_pipeline_takes_a_diffusers_pipelines_components(components, generators, assert_same):
+    """`.components` of a diffusers pipeline carries parts these blocks don't use."""
+    classic = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe = mb.Pipeline(text2img, components=classic.components)
+    assert sorted(pipe.components) == sorted(components)
+    kwargs = {**SMALL, "prompt": "a cat"}
+    expected = classic(**kwargs, generator=generators(None)).images
+    assert_same(pipe(**kwargs, generator=generators(None), output="images"), expected)
+
+
 def test_pipeline_checks_component_types(components):
     with pytest.raises(mb.WiringError, match="scheduler"):
         mb.Pipeline(text2img, components={**components, "scheduler": "ddim"})
