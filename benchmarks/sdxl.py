@@ -166,6 +166,7 @@ def modblocks_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     from modblocks.diffusion import sdxl_text2img
 
     pipe = mb.Pipeline(sdxl_text2img, components=dict(comps))
+    mb.progress(disable=True)  # as for diffusers' pipelines: time the pipeline, not tqdm
 
     def call() -> torch.Tensor:
         return pipe(**inputs(steps), guidance_scale=GUIDANCE, output="images")
