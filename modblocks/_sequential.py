@@ -10,7 +10,7 @@ import attrs
 from ._block import Block
 from ._node import Adapted, Composite, Interface, Node, _check_identifier
 from ._run import Exec, Failure, Run, Values, did_you_mean
-from ._specs import COMPONENT, CONFIG, INPUT, InputSpec, OutputSpec
+from ._specs import COMPONENT, CONFIG, INPUT, NOTHING, InputSpec, OutputSpec
 from ._typecheck import is_compatible, type_name
 from .exceptions import WiringError
 
@@ -265,12 +265,14 @@ def _merge_need(needed: dict[str, InputSpec], spec: InputSpec) -> None:
     if first is None:
         needed[spec.name] = spec
         return
-    # The first consumer describes the value and says whether it is required (later consumers
-    # that require it get its default: `_fed_defaults`); it is a component or config if any
-    # consumer declares it so.
+    # The first consumer describes the value and says whether it is required: later consumers
+    # that require it get its default (`_fed_defaults`), unless it has none to give (a switch
+    # that may skip its reader), and then they make it required. It is a component or config
+    # if any consumer declares it so.
     kind = first.kind if first.kind != INPUT else spec.kind
-    if kind != first.kind:
-        needed[spec.name] = attrs.evolve(first, kind=kind)
+    required = first.required or (spec.required and first.default is NOTHING)
+    if kind != first.kind or required != first.required:
+        needed[spec.name] = attrs.evolve(first, kind=kind, required=required)
 
 
 def _fed_defaults(nodes: tuple[Node, ...]) -> list[tuple[tuple[str, Any], ...]]:
@@ -289,7 +291,7 @@ def _fed_defaults(nodes: tuple[Node, ...]) -> list[tuple[tuple[str, Any], ...]]:
             if spec.name in produced:
                 continue
             earlier = first.setdefault(spec.name, spec)
-            if spec.required and not earlier.required:
+            if spec.required and not earlier.required and earlier.default is not NOTHING:
                 feed.append((spec.name, earlier.default))
         feeds.append(tuple(feed))
         produced.update(node._iface.provides)

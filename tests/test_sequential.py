@@ -771,3 +771,23 @@ def test_type_error_into_a_nested_node_names_the_block_that_reads_the_value():
     assert "from `make_text` into `denoise > use_number`" in str(info.value)
     with pytest.raises(mb.WiringError, match=r"from `prep > make_text` into `use_number`"):
         (make_text >> g.rename(y="unused")).named("prep") >> use_number
+
+
+def test_input_a_switch_may_skip_is_required_by_a_later_block_that_requires_it():
+    @mb.block(output="out")
+    def with_image(image: int) -> str:
+        return "image"
+
+    @mb.block(output="out")
+    def with_extra(extra: int) -> str:
+        return "extra"
+
+    @mb.block(output="y")
+    def after(out: str, extra: int) -> str:
+        return f"{out} {extra}"
+
+    seq = mb.switch({"image": with_image}, default=with_extra) >> after
+    assert [(s.name, s.required) for s in seq.inputs] == [("image", False), ("extra", True)]
+    with pytest.raises(mb.MissingInputError, match="extra"):
+        seq.run(image=1)  # no default to hand `after`: reported before anything runs
+    assert seq.run(image=1, extra=5).y == "image 5"
