@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import inspect
 import sys
@@ -167,13 +168,40 @@ def _type_hints(obj: Any, localns: Mapping[str, Any]) -> dict[str, Any]:
     raw: dict[str, Any] = dict(getattr(obj, "__annotations__", {}))
     hints: dict[str, Any] = {}
     for key, value in raw.items():
+        if isinstance(value, typing.ForwardRef):  # a NamedTuple field's string annotation
+            value = value.__forward_arg__
         if isinstance(value, str):
             try:
                 value = eval(value, globalns, dict(localns))  # noqa: S307 - as get_type_hints does
             except Exception:  # noqa: BLE001 - unresolvable hints pass (DESIGN §2)
-                value = Any
+                value = _lenient_eval(value, globalns, localns)
         hints[key] = value
     return hints
+
+
+class _Lenient(dict[str, Any]):
+    """Names for `eval`: the local ones, then the module's and builtins, then `Any`."""
+
+    def __init__(self, globalns: Mapping[str, Any], localns: Mapping[str, Any]) -> None:
+        super().__init__(localns)
+        self.globalns = globalns
+
+    def __missing__(self, key: str) -> Any:
+        if key in self.globalns:
+            return self.globalns[key]
+        return getattr(builtins, key, Any)
+
+
+def _lenient_eval(hint: str, globalns: dict[str, Any], localns: Mapping[str, Any]) -> Any:
+    """Evaluate *hint* with unknown names as `Any`, keeping what is known around them.
+
+    A class imported only under ``TYPE_CHECKING`` stays unknown at run time, but
+    ``mb.Component[AutoencoderKL]`` must still declare a component (of type `Any`).
+    """
+    try:
+        return eval(hint, {"__builtins__": {}}, _Lenient(globalns, localns))  # noqa: S307
+    except Exception:  # noqa: BLE001 - unresolvable hints pass (DESIGN §2)
+        return Any
 
 
 def _split_annotation(hint: Any) -> tuple[str, Any, str]:

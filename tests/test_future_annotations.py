@@ -6,7 +6,7 @@ because the decorator reads the locals of the scope it runs in (DESIGN §1).
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import pytest
 import torch
@@ -120,3 +120,36 @@ def test_future_nested_function_scope_resolves():
     blk = build()
     assert blk.outputs[0].name == "y"
     assert blk.run(x=1)["y"] == 2
+
+
+def test_future_component_of_a_type_known_only_to_type_checkers_is_still_a_component():
+    # `if TYPE_CHECKING: from diffusers import AutoencoderKL` leaves the name undefined at
+    # run time; the marker around it must still make `vae` a component.
+    @mb.block(output="y")
+    def decode(
+        x: int,
+        vae: mb.Component[AutoencoderKLOnlyForTypeCheckers],  # noqa: F821
+        scale: mb.Config[UndefinedFloat] = 1.0,  # noqa: F821
+    ) -> int:
+        return x
+
+    assert [s.name for s in decode.inputs] == ["x"]
+    assert [(s.name, s.type) for s in decode.components] == [("vae", Any)]
+    assert [(s.name, s.default) for s in decode.configs] == [("scale", 1.0)]
+    pipe = mb.Pipeline(decode, components={"vae": object()})
+    assert pipe(x=3, output="y") == 3
+
+
+def test_future_one_unresolvable_namedtuple_field_keeps_the_others():
+    class Out(NamedTuple):
+        good: Annotated[int, Doc("a good field")]
+        bad: Annotated[UndefinedType, Doc("a field of an unknown type")]  # noqa: F821
+
+    @mb.block
+    def split(x: int) -> Out:
+        return Out(x, x)
+
+    assert [(s.name, s.type, s.description) for s in split.outputs] == [
+        ("good", int, "a good field"),
+        ("bad", Any, "a field of an unknown type"),
+    ]
