@@ -47,9 +47,7 @@ class Switch(Composite):
             raise WiringError(msg, consumer=self.name)
         labels = [label for label, _ in self.branches]
         self.__dict__["_labels"] = tuple(labels) + (
-            (unique_names([*labels, self.default.name or "sequence"])[-1],)
-            if self.default is not None
-            else ()
+            (unique_names([*labels, self.default._label])[-1],) if self.default is not None else ()
         )
         _check_declarations(self._children())
         self.__dict__["_iface"] = _switch_interface(self, nodes)

@@ -72,7 +72,7 @@ class Sequential(Composite):
             raise WiringError(msg)
         if self.name is not None:
             _check_identifier(self.name, self.name)
-        self.__dict__["names"] = unique_names(node.name or "sequence" for node in self.nodes)
+        self.__dict__["names"] = unique_names(node._label for node in self.nodes)
         self.__dict__["_iface"] = _wire(self.names, self.nodes)
         self.__dict__["_index"] = {name: pos for pos, name in enumerate(self.names)}
 
@@ -151,7 +151,7 @@ class Sequential(Composite):
         else:
             pos = len(nodes)
         if name is None:
-            name = unique_names([*self.names, node.name or "sequence"])[-1]  # others keep theirs
+            name = unique_names([*self.names, node._label])[-1]  # the others keep their names
         elif name in self.names:
             msg = (
                 f"can't insert a sub-block named `{name}`: `{self._label}` already has one. "
@@ -231,8 +231,9 @@ def _wire(names: tuple[str, ...], nodes: tuple[Node, ...]) -> Interface:
             if spec.name in producer:
                 source, produced = producer[spec.name]
                 if not is_compatible(produced.type, spec.type):
-                    producer_path = _within(nodes[names.index(source)], source, spec.name, 1)
-                    consumer_path = _within(node, child_name, spec.name, 0)
+                    source_node = nodes[names.index(source)]
+                    producer_path = _within(source_node, source, spec.name, writer=True)
+                    consumer_path = _within(node, child_name, spec.name, writer=False)
                     raise _type_error(
                         spec.name, producer_path, produced.type, consumer_path, spec.type
                     )
@@ -321,14 +322,14 @@ def _check_declared(
         raise WiringError(msg, name=spec.name, producer=first_owner, consumer=owner)
 
 
-def _within(node: Node, label: str, name: str, writer: int) -> str:
+def _within(node: Node, label: str, name: str, *, writer: bool) -> str:
     """Return *label* and the path to the block in *node* that reads *name* first, for messages.
 
     With *writer*, the block that writes it last. Example: ``denoise > scheduler_step``.
     """
     if isinstance(node, Adapted):
         inner = {outer: inner for inner, outer in node.renames}.get(name, name)
-        return _within(node.node, label, inner, writer)
+        return _within(node.node, label, inner, writer=writer)
     children = node._children()
     if writer:
         children = children[::-1]
@@ -336,7 +337,7 @@ def _within(node: Node, label: str, name: str, writer: int) -> str:
         iface = child._iface
         found = name in iface.provides if writer else name in iface.accepted
         if found:
-            return _within(child, f"{label} > {child_label}", name, writer)
+            return _within(child, f"{label} > {child_label}", name, writer=writer)
     return label
 
 

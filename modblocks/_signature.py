@@ -171,10 +171,7 @@ def _type_hints(obj: Any, localns: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, typing.ForwardRef):  # a NamedTuple field's string annotation
             value = value.__forward_arg__
         if isinstance(value, str):
-            try:
-                value = eval(value, globalns, dict(localns))  # noqa: S307 - as get_type_hints does
-            except Exception:  # noqa: BLE001 - unresolvable hints pass (DESIGN §2)
-                value = _lenient_eval(value, globalns, localns)
+            value = _lenient_eval(value, globalns, localns)
         hints[key] = value
     return hints
 
@@ -193,13 +190,16 @@ class _Lenient(dict[str, Any]):
 
 
 def _lenient_eval(hint: str, globalns: dict[str, Any], localns: Mapping[str, Any]) -> Any:
-    """Evaluate *hint* with unknown names as `Any`, keeping what is known around them.
+    """Evaluate *hint* as `typing.get_type_hints` does, but with unknown names as `Any`.
+
+    Names resolve as in `eval` (locals, the module, builtins), so known hints come out the
+    same; unknown ones become `Any`, keeping what is known around them.
 
     A class imported only under ``TYPE_CHECKING`` stays unknown at run time, but
     ``mb.Component[AutoencoderKL]`` must still declare a component (of type `Any`).
     """
     try:
-        return eval(hint, {"__builtins__": {}}, _Lenient(globalns, localns))  # noqa: S307
+        return eval(hint, {"__builtins__": {}}, _Lenient(globalns, localns))  # noqa: S307 - as get_type_hints
     except Exception:  # noqa: BLE001 - unresolvable hints pass (DESIGN §2)
         return Any
 
