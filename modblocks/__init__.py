@@ -15,28 +15,37 @@ from ._control import Loop as Loop
 from ._control import Switch as Switch
 from ._control import loop as loop
 from ._control import switch as switch
+from ._engine import CancelToken as CancelToken
+from ._engine import Hook as Hook
+from ._engine import Step as Step
 from ._events import Event as Event
 from ._events import Report as Report
 from ._markers import Component as Component
 from ._markers import Config as Config
 from ._node import Node as Node
+from ._node import Sequential as Sequential
+from ._paths import Path as Path
+from ._paths import Segment as Segment
 from ._pipeline import Pipeline as Pipeline
 from ._progress import progress as progress
-from ._run import CancelToken as CancelToken
-from ._run import Step as Step
-from ._sequential import Sequential as Sequential
 from ._specs import NOTHING as NOTHING
 from ._specs import InputSpec as InputSpec
 from ._specs import OutputSpec as OutputSpec
 from ._state import State as State
 from .exceptions import BlockError as BlockError
+from .exceptions import BlockPicklingError as BlockPicklingError
 from .exceptions import CancelledError as CancelledError
+from .exceptions import DefaultsWarning as DefaultsWarning
 from .exceptions import DefinitionError as DefinitionError
+from .exceptions import FrozenStateError as FrozenStateError
+from .exceptions import InputTypeError as InputTypeError
 from .exceptions import MapError as MapError
 from .exceptions import MissingInputError as MissingInputError
 from .exceptions import ModblocksError as ModblocksError
 from .exceptions import OutputError as OutputError
+from .exceptions import PathError as PathError
 from .exceptions import UnknownInputError as UnknownInputError
+from .exceptions import UnknownOutputError as UnknownOutputError
 from .exceptions import WiringError as WiringError
 
 __version__ = "0.1.0"
@@ -45,15 +54,20 @@ __all__ = [
     "NOTHING",
     "Block",
     "BlockError",
+    "BlockPicklingError",
     "Cache",
     "CacheStats",
     "CancelToken",
     "CancelledError",
     "Component",
     "Config",
+    "DefaultsWarning",
     "DefinitionError",
     "Event",
+    "FrozenStateError",
+    "Hook",
     "InputSpec",
+    "InputTypeError",
     "Loop",
     "MapError",
     "MissingInputError",
@@ -61,13 +75,17 @@ __all__ = [
     "Node",
     "OutputError",
     "OutputSpec",
+    "Path",
+    "PathError",
     "Pipeline",
     "Report",
+    "Segment",
     "Sequential",
     "State",
     "Step",
     "Switch",
     "UnknownInputError",
+    "UnknownOutputError",
     "WiringError",
     "__version__",
     "block",

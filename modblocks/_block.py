@@ -6,18 +6,19 @@ import copy
 import functools
 import importlib
 import inspect
-import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
-from ._node import Interface, Node, _check_identifier
-from ._run import MISSING, OUTPUT, Exec, Failure, Values
+from ._failure import BLOCK, MISSING, OUTPUT, Failure
+from ._names import check_identifier
+from ._node import Node
+from ._plan import Arg, Call, Plan
 from ._signature import FunctionSpec, caller_namespace, read_function
-from ._slow import slow_block
 from ._typecheck import type_name
-from .exceptions import ModblocksError, WiringError
+from ._wiring import Interface, block_interface
+from .exceptions import BlockPicklingError
 
 __all__ = ["Block", "block"]
 
@@ -57,16 +58,9 @@ class Block(Node, Generic[P, R]):
             __doc__=self.fn.__doc__,
             __annotations__=_adapted_annotations(self.fn, rename, bound),
         )
-        inputs = tuple(
-            attrs.evolve(s, name=rename.get(s.name, s.name))
-            for s in self.spec.inputs
-            if rename.get(s.name, s.name) not in bound
+        self.__dict__["_iface"] = block_interface(
+            self.spec.inputs, self.spec.outputs, rename, bound, self.name
         )
-        outputs = tuple(attrs.evolve(s, name=rename.get(s.name, s.name)) for s in self.spec.outputs)
-        if len({s.name for s in outputs}) < len(outputs):
-            msg = f"renaming block `{self.name}` gives two of its outputs the same name."
-            raise WiringError(msg, producer=self.name)
-        self.__dict__["_iface"] = Interface(inputs, outputs, bound=tuple(bound))
         if self.renames or self.bound:
             self.__dict__["__signature__"] = _adapted_signature(self)
 
@@ -81,6 +75,10 @@ class Block(Node, Generic[P, R]):
     @property
     def description(self) -> str:
         return self.spec.description
+
+    @property
+    def _kind(self) -> str:
+        return "Block"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if not (self.renames or self.bound):
@@ -99,7 +97,7 @@ class Block(Node, Generic[P, R]):
     # -- adapting: each returns a block, so its function stays callable ----------------------
 
     def named(self, name: str) -> Block[P, R]:
-        _check_identifier(name, self.name)
+        check_identifier(name, self.name)
         return attrs.evolve(self, name=name)
 
     def rename(self, **names: str) -> Block[..., R]:
@@ -111,7 +109,7 @@ class Block(Node, Generic[P, R]):
         current = dict(self.renames)
         original = {new: old for old, new in current.items()}
         for old, new in names.items():
-            _check_identifier(new, self.name)
+            check_identifier(new, self.name)
             current[original.get(old, old)] = new
         bound = tuple((names.get(n, n), v) for n, v in self.bound)
         return attrs.evolve(self, renames=tuple(current.items()), bound=bound)
@@ -127,37 +125,29 @@ class Block(Node, Generic[P, R]):
 
     # -- running -------------------------------------------------------------------------
 
-    def _compile(self) -> Exec:
-        return self._compiled[0]
-
-    @functools.cached_property
-    def _slow_exec(self) -> Exec:
-        return self._compiled[1]
-
-    @functools.cached_property
-    def _compiled(self) -> tuple[Exec, Exec]:
-        """The block's function for any run, and the one for slow runs (events, cache...)."""
-        lines, namespace = self._source("")
-        body = "\n".join(f"        {line}" for line in lines)
-        handler = (
-            "    except Failure:\n"
-            "        raise\n"
-            "    except Exception as exc:\n"
-            "        raise failure(exc, v) from None\n"
+    def _make_plan(self) -> Plan:
+        rename = dict(self.renames)
+        bound = dict(self.bound)
+        positions = {key: pos for pos, key in enumerate(bound)}
+        params = inspect.signature(self.fn).parameters
+        args: list[Arg] = []
+        for spec in self.spec.inputs:
+            key = rename.get(spec.name, spec.name)
+            keyword = params[spec.name].kind is inspect.Parameter.KEYWORD_ONLY
+            args.append(Arg(spec.name, key, spec.default, keyword, positions.get(key)))
+        fields = self._plan_fields()
+        fields["inputs"] += tuple(bound)  # bound values are read (and keyed) like inputs
+        fields["cacheable"] = self.cache
+        return Call(
+            **fields,
+            fn=self.fn,
+            args=tuple(args),
+            bound=self.bound,
+            single=self.output is not None,
+            result=self.spec.result,
+            bad_result=self._bad_result,
+            explain=self._failure,
         )
-        source = (
-            "def run_fast(v, run):\n"
-            f"    try:\n{body}\n{handler}"
-            "def run_block(v, run):\n"
-            "    if run.slow:\n"
-            "        return slow(v, run)\n"
-            f"    try:\n{body}\n{handler}"
-        )
-        namespace.update(Failure=Failure, failure=self._failure)
-        exec(compile(source, f"<block {self.name}>", "exec"), namespace)  # noqa: S102
-        slow = namespace["slow"] = slow_block(self, namespace["run_fast"])
-        run_block: Exec = namespace["run_block"]
-        return run_block, slow
 
     @functools.cached_property
     def _identity(self) -> bytes:
@@ -170,43 +160,6 @@ class Block(Node, Generic[P, R]):
         return identity_digest(
             self.fn, self.name, self.output, self.spec.result, outputs, self.renames, defaults
         )
-
-    def _source(self, tag: str) -> tuple[list[str], dict[str, Any]]:
-        """Python lines that run this block on the values ``v`` (inlined by sequences)."""
-        rename = dict(self.renames)
-        bound = dict(self.bound)
-        ns: dict[str, Any] = {f"f{tag}": self.fn}
-        lines: list[str] = []
-        for pos, (key, value) in enumerate(bound.items()):
-            ns[f"b{tag}_{pos}"] = value
-            lines.append(f"v[{key!r}] = b{tag}_{pos}")
-        args: list[str] = []
-        params = inspect.signature(self.fn).parameters
-        for pos, spec in enumerate(self.spec.inputs):
-            key = rename.get(spec.name, spec.name)
-            if key in bound:
-                expr = f"b{tag}_{list(bound).index(key)}"
-            elif spec.required:
-                expr = f"v[{key!r}]"
-            else:
-                ns[f"d{tag}_{pos}"] = spec.default
-                expr = f"v.get({key!r}, d{tag}_{pos})"
-            keyword = params[spec.name].kind is inspect.Parameter.KEYWORD_ONLY
-            args.append(f"{spec.name}={expr}" if keyword else expr)
-        lines.append(f"r = f{tag}({', '.join(args)})")
-        ns[f"bad{tag}"] = self._bad_result
-        outputs = [rename.get(s.name, s.name) for s in self.spec.outputs]
-        result = self.spec.result
-        if self.output is not None:
-            lines.append(f"v[{outputs[0]!r}] = r")
-        elif result is type(None):
-            lines.append(f"if r is not None: bad{tag}(r)")
-        else:
-            ns[f"T{tag}"] = result
-            targets = ", ".join(f"v[{name!r}]" for name in outputs)
-            lines.append(f"if r.__class__ is not T{tag} and not isinstance(r, T{tag}): bad{tag}(r)")
-            lines.append(f"{targets}, = r")
-        return lines, ns
 
     def _bad_result(self, result: object) -> None:
         declared = self.spec.result
@@ -224,13 +177,13 @@ class Block(Node, Generic[P, R]):
         )
         raise Failure(OUTPUT, message=msg, block=self.name, fix=fix)
 
-    def _failure(self, exc: Exception, values: Values) -> Failure:
+    def _failure(self, exc: Exception, values: Mapping[str, Any]) -> Failure:
         """Explain an exception raised while running this block inside a run."""
         missing = tuple(s.name for s in self._iface.inputs if s.required and s.name not in values)
         if missing and isinstance(exc, KeyError):
             # The values are read before the call, so the block itself never started.
             return Failure(MISSING, names=missing, node=self.name)
-        return Failure("block", exc, block=self.name)
+        return Failure(BLOCK, exc, block=self.name)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle by reference, as functions are: the module attribute *is* the block, or (for
@@ -257,13 +210,6 @@ class Block(Node, Generic[P, R]):
         if not self.bound:
             return self
         return attrs.evolve(self, bound=copy.deepcopy(self.bound, memo))
-
-
-class BlockPicklingError(ModblocksError, pickle.PicklingError):
-    """A block that pickle can't find again by its module and qualified name."""
-
-    block: str | None = None
-    qualname: str | None = None
 
 
 def _unpicklable(blk: Block[..., Any], *, imported: bool) -> BlockPicklingError:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import inspect
-import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import attrs
 
-from ._cache import fresh_key
-from ._node import PRODUCED, Composite, Interface, Node, _check_identifier
-from ._progress import open_bar
-from ._run import BLOCK, CANCELLED, MISSING, Exec, Failure, OnStep, Run, Step, Values, format_path
-from ._sequential import _check_declared, unique_names
-from ._slow import cached_unit
-from ._specs import INPUT, NOTHING, InputSpec, OutputSpec
-from ._state import State
+from ._engine import OnStep
+from ._names import check_identifier, did_you_mean, listed
+from ._node import PRODUCED, Composite, Node, _joined
+from ._plan import Choice, Plan, Repeat
+from ._wiring import (
+    Interface,
+    check_declarations,
+    loop_interface,
+    switch_interface,
+    unique_names,
+)
 from .exceptions import WiringError
 
 __all__ = ["Loop", "Switch", "loop", "switch"]
@@ -28,6 +30,7 @@ class Switch(Composite):
 
     Made by `switch`. Inputs are the union of the branches' inputs; one is required only when
     every branch requires it and there is a default. Outputs are the union of the branches'.
+    Branches are edited by name like sub-blocks: ``sw["text2img"]``, ``sw.replace(...)``.
     """
 
     branches: tuple[tuple[str, Node], ...]  # (label, node), in the order they are tried
@@ -38,7 +41,7 @@ class Switch(Composite):
     _iface: Interface = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        _check_identifier(self.name, self.name)
+        check_identifier(self.name, self.name)
         nodes = [node for _, node in self.branches]
         if self.default is not None:
             nodes.append(self.default)
@@ -49,8 +52,22 @@ class Switch(Composite):
         self.__dict__["_labels"] = tuple(labels) + (
             (unique_names([*labels, self.default._label])[-1],) if self.default is not None else ()
         )
-        _check_declarations(self._children())
-        self.__dict__["_iface"] = _switch_interface(self, nodes)
+        check_declarations(self._children())
+        selectors: list[tuple[str, Any]] = [(t, None) for t in self.triggers or ()]
+        if self.select is not None:
+            params: list[tuple[str, Any]] = []
+            for p in inspect.signature(self.select).parameters.values():
+                default = None if p.default is inspect.Parameter.empty else p.default
+                params.append((p.name, default))
+            self.__dict__["_select_params"] = tuple(params)
+            selectors += params
+        self.__dict__["_iface"] = switch_interface(
+            nodes, has_default=self.default is not None, selectors=selectors, label=self.name
+        )
+
+    @property
+    def _kind(self) -> str:
+        return "Switch"
 
     @property
     def description(self) -> str:
@@ -91,10 +108,10 @@ class Switch(Composite):
                 for pos, (name, _) in enumerate(self.branches):
                     if name == label:
                         return pos
-                known = ", ".join(repr(name) for name, _ in self.branches)
+                known = [name for name, _ in self.branches]
                 msg = (
-                    f"switch `{self.name}`: `select` returned {label!r}, which is not a branch "
-                    f"({known})."
+                    f"switch `{self.name}`: `select` returned {label!r}, which is not a "
+                    f"branch.{did_you_mean(str(label), known)} Branches: {listed(known)}."
                 )
                 raise ValueError(msg)
         return len(self.branches) if self.default is not None else None
@@ -112,105 +129,38 @@ class Switch(Composite):
     def _identity_parts(self) -> list[Any]:
         return [self.triggers, self.select]
 
-    def _compile(self) -> Exec:
-        table = [
-            (label, frozenset(node._iface.required), node._exec) for label, node in self._children()
-        ]
-        choose = self._choose
+    # -- editing: branches are sub-nodes ----------------------------------------------------
 
-        def run_switch(values: Values, run: Run) -> None:
-            try:
-                pos = choose(values)
-            except Exception as exc:  # noqa: BLE001 - the select function failed
-                raise Failure(BLOCK, exc, block=f"{self.name}.select") from None
-            if pos is None:
-                return
-            segment, required, exec_ = table[pos]
-            if not required.issubset(values):
-                names = tuple(sorted(required.difference(values)))
-                why = f"switch `{self.name}` chose branch `{segment}`, which needs it"
-                raise Failure(MISSING, names=names, node=segment, why=why).add(segment)
-            if run.slow:
-                run.path.append(segment)
-            try:
-                exec_(values, run)
-            except Failure as failure:
-                raise failure.add(segment) from None
-            finally:
-                if run.slow:
-                    run.path.pop()
+    def _with_child(self, name: str, node: Node) -> Node:
+        self._child(name)
+        labels: tuple[str, ...] = self.__dict__["_labels"]
+        new = node.named(name)
+        if self.default is not None and name == labels[-1]:
+            return attrs.evolve(self, default=new)
+        branches = tuple((label, new if label == name else old) for label, old in self.branches)
+        return attrs.evolve(self, branches=branches)
 
-        return run_switch
+    def _edit_child(self, name: str, op: tuple[Any, ...]) -> Node:
+        if op[0] != "remove":
+            return super()._edit_child(name, op)
+        self._child(name)
+        labels: tuple[str, ...] = self.__dict__["_labels"]
+        if self.default is not None and name == labels[-1]:
+            return attrs.evolve(self, default=None)
+        pos = labels.index(name)
+        branches = self.branches[:pos] + self.branches[pos + 1 :]
+        triggers = None if self.triggers is None else self.triggers[:pos] + self.triggers[pos + 1 :]
+        return attrs.evolve(self, branches=branches, triggers=triggers)
 
-
-def _check_declarations(children: tuple[tuple[str, Node], ...]) -> None:
-    """Check that the branches agree on their components and configs, as a sequence does.
-
-    A pipeline binds one value per name for every branch, so a name declared with incompatible
-    types (or as a component in one branch and a config in another) is a `WiringError`.
-    """
-    declared: dict[str, tuple[str, InputSpec]] = {}
-    for label, node in children:
-        for spec in node._iface.inputs:
-            if spec.kind != INPUT:
-                _check_declared(declared, label, spec)
-
-
-def _switch_interface(sw: Switch, nodes: list[Node]) -> Interface:
-    ifaces = [node._iface for node in nodes]
-    inputs: dict[str, InputSpec] = {}
-    for iface in ifaces:
-        for spec in iface.inputs:
-            first = inputs.setdefault(spec.name, spec)
-            if not _same_default(first, spec):
-                # Each branch keeps its own default; the switch itself promises none.
-                note = "default depends on the branch"
-                description = f"{first.description} ({note})" if first.description else note
-                inputs[spec.name] = attrs.evolve(
-                    first, default=NOTHING, required=False, description=description
-                )
-    required = {
-        name
-        for name in inputs
-        if sw.default is not None and all(name in i.required for i in ifaces)
-    }
-    specs = {n: attrs.evolve(s, required=n in required) for n, s in inputs.items()}
-    extra: list[str] = list(sw.triggers or ())
-    if sw.select is not None:
-        params: list[tuple[str, Any]] = []
-        for p in inspect.signature(sw.select).parameters.values():
-            default = None if p.default is inspect.Parameter.empty else p.default
-            params.append((p.name, default))
-        sw.__dict__["_select_params"] = tuple(params)
-        extra += [p for p, _ in params]
-    for name in extra:
-        if name not in specs:
-            specs[name] = InputSpec(
-                name, default=None, description=f"selects a branch of `{sw.name}`"
-            )
-    outputs: dict[str, OutputSpec] = {}
-    bound: dict[str, None] = {}
-    for iface in ifaces:
-        for out in iface.outputs:
-            outputs.setdefault(out.name, out)
-        bound.update(dict.fromkeys(iface.bound))
-    everywhere: set[str] = set()
-    if sw.default is not None:
-        sets = [set(i.provides) - i.maybe for i in ifaces]
-        everywhere = sets[0].intersection(*sets[1:])
-    maybe = frozenset(n for n in (*outputs, *bound) if n not in everywhere)
-    return Interface(
-        tuple(specs.values()), tuple(outputs.values()), bound=tuple(bound), maybe=maybe
-    )
-
-
-def _same_default(a: InputSpec, b: InputSpec) -> bool:
-    if a.required or b.required or a.default is b.default:
-        return True
-    try:
-        return bool(a.default == b.default) and type(a.default) is type(b.default)
-    except Exception:  # noqa: BLE001 - values without a plain == (tensors) differ
-        return False
+    def _make_plan(self) -> Plan:
+        children = self._children()
+        return Choice(
+            **self._plan_fields(),
+            branches=tuple(node._plan for _, node in children),
+            labels=tuple(label for label, _ in children),
+            required=tuple(frozenset(node._iface.required) for _, node in children),
+            choose=self._choose,
+        )
 
 
 def switch(
@@ -235,12 +185,30 @@ def switch(
         default: the node to run when no branch is chosen.
         name: the switch's name in paths and docs.
     """
+    if not isinstance(cast("object", branches), Mapping):
+        msg = (
+            f"switch `{name}`: `branches` maps trigger inputs (or branch names) to nodes, e.g. "
+            f"`mb.switch({{'image': img2img}}, default=text2img)`; got {branches!r}."
+        )
+        raise WiringError(msg, consumer=name)
     items = tuple(branches.items())
     for key, node in items:
+        if not isinstance(cast("object", key), str) or not key.isidentifier():
+            msg = f"switch `{name}`: branch key {key!r} must be an input or branch name."
+            raise WiringError(msg, name=str(key), consumer=name)
         if not isinstance(cast("object", node), Node):
             msg = f"switch `{name}`: branch {key!r} is {node!r}, not a node. Pass a block."
             raise WiringError(msg, name=key, consumer=name)
+    if default is not None and not isinstance(cast("object", default), Node):
+        msg = f"switch `{name}`: `default` is {default!r}, not a node. Pass a block or None."
+        raise WiringError(msg, consumer=name)
     if select is not None:
+        if not callable(cast("object", select)):
+            msg = (
+                f"switch `{name}`: `select` must be a function returning a branch name, not "
+                f"{select!r}."
+            )
+            raise WiringError(msg, consumer=name)
         return Switch(items, select=select, default=default, name=name)
     labels = unique_names([node.name or "branch" for _, node in items])
     return Switch(
@@ -256,7 +224,8 @@ class Loop(Composite):
     """Runs a body once per element of a value (diffusers' LoopSequentialPipelineBlocks).
 
     Made by `loop`. What the body outputs is carried into the next step and left in the state
-    after the loop; the step number and element (``index``, ``item``) are not.
+    after the loop; the step number and element (``index``, ``item``) are not. The body's
+    sub-blocks are edited through the loop: ``denoise.insert(clamp, after="scheduler_step")``.
     """
 
     body: Node
@@ -269,25 +238,17 @@ class Loop(Composite):
     _iface: Interface = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        for label in (self.over, self.index, self.item, self.name):
+        check_identifier(self.over, self.name)
+        for label in (self.index, self.item, self.name):
             if label is not None:
-                _check_identifier(label, self.name)
-        given = {self.index, self.item} - {None}
-        body = self.body._iface
-        clash = given & set(body.provides)
-        if clash or self.over in given:
-            msg = (
-                f"loop `{self.name}`: `{(clash or given).pop()}` is set by the loop each step, so "
-                "the body can't output it and it can't be `over`. Choose other names."
-            )
-            raise WiringError(msg, consumer=self.name)
-        over_spec = InputSpec(self.over, description="the values to loop over, one per step")
-        inputs = [over_spec] + [
-            s for s in body.inputs if s.name not in given and s.name != self.over
-        ]
-        self.__dict__["_iface"] = Interface(
-            tuple(inputs), body.outputs, bound=body.bound, maybe=body.maybe
+                check_identifier(label, self.name)
+        self.__dict__["_iface"] = loop_interface(
+            self.body._iface, self.over, self.index, self.item, self.name
         )
+
+    @property
+    def _kind(self) -> str:
+        return "Loop"
 
     @property
     def description(self) -> str:
@@ -311,189 +272,50 @@ class Loop(Composite):
     def _identity_parts(self) -> list[Any]:
         return [self.over, self.index, self.item, self.on_step]
 
-    def _compile(self) -> Exec:
-        return self._make_exec(0)
-
-    def _resume(self, start: str) -> Exec:
-        # `denoise[step 3] > unet` resumes at step 3 (the body then starts from its beginning).
-        segment = start.split(">", maxsplit=1)[0].strip()
-        step = segment.partition("[step")[2].rstrip("] ")
-        if not step.strip().isdigit():
-            msg = (
-                f"loop `{self.name}` resumes at a step, like `{self.name}[step 3]`, not `{start}`."
+    def _missing_hint(self, names: tuple[str, ...]) -> str:
+        given = [n for n in (self.index, self.item) if n is not None]
+        read = [n for n in names if n in self.body._iface.accepted and n != self.over]
+        if read and given:
+            gives = " and ".join(
+                f"`{n}` (the {'step number' if n == self.index else 'element'})" for n in given
             )
-            raise WiringError(msg, name=start, consumer=self.name)
-        return self._make_exec(int(step))
+            return (
+                f" The loop `{self.name}` gives its body {gives}: if {listed(read)} is one of "
+                f"them, read it under that name (e.g. `.rename({read[0]}='{given[-1]}')` on the "
+                f"block) or call it so in the loop (`mb.loop(..., item='{read[0]}')`)."
+            )
+        return self.body._missing_hint(names)
 
-    def _make_exec(self, start: int) -> Exec:
-        body = self.body._exec
-        over, index, item, name = self.over, self.index, self.item, self.name
-        outs = tuple(self.body._iface.provides)
-        nothing = (NOTHING,) * len(outs)
-        option, own = self.progress, self.on_step
-        body_name = self.body.name if self.body._named else None  # a single block, a named node
+    # -- editing: the body's sub-blocks are the loop's ---------------------------------------
 
-        def run_loop(values: Values, run: Run) -> None:
-            if over not in values:
-                raise Failure(MISSING, names=(over,), node=name)
-            items: Any = values[over]
-            total = len(items)
-            callbacks = run.on_step if own is None else (own, *run.on_step)
-            bar = open_bar(total - start, name, option) if total > start else None
-            before = [(key, values.get(key, NOTHING)) for key in (index, item) if key is not None]
-            get = values.get
-            steps: Iterator[Any] = itertools.islice(items, start, None)
-            try:
-                if bar is None and not run.slow and not callbacks:
-                    # The hot path: nothing to do between steps but run the body.
-                    for i, element in enumerate(steps, start):
-                        if index is not None:
-                            values[index] = i
-                        if item is not None:
-                            values[item] = element
-                        saved = tuple(map(get, outs, nothing))  # for a failure's state
-                        try:
-                            body(values, run)
-                        except Failure as failure:
-                            raise _step_failure(
-                                failure, values, outs, saved, body_name, i
-                            ) from None
-                    return
-                for i, element in enumerate(steps, start):
-                    if index is not None:
-                        values[index] = i
-                    if item is not None:
-                        values[item] = element
-                    saved = tuple(map(get, outs, nothing))
-                    try:
-                        if run.slow and run.path:
-                            _slow_step(body, body_name, values, run, i)
-                        else:
-                            body(values, run)
-                    except Failure as failure:
-                        raise _step_failure(failure, values, outs, saved, body_name, i) from None
-                    if bar is not None:
-                        bar.update(1)
-                    if run.events is not None:
-                        run.emit("step", index=i, total=total)
-                    if (callbacks or run.sink is not None) and _after_step(
-                        values, run, callbacks, i, element, total, (index, item)
-                    ):
-                        break
-                    if run.cancel is not None and run.cancel.cancelled:
-                        raise Failure(CANCELLED).add(f"[step {i}]")
-            finally:
-                if bar is not None:
-                    bar.close()
-                _restore(values, [k for k, _ in before], [v for _, v in before])
+    def _with_child(self, name: str, node: Node) -> Node:
+        if self.body._named:
+            self._child(name)
+            return attrs.evolve(self, body=node.named(name))
+        return attrs.evolve(self, body=self.body._with_child(name, node))
 
-        if start:
-            return run_loop
+    def _edit_child(self, name: str, op: tuple[Any, ...]) -> Node:
+        if not self.body._named:
+            return attrs.evolve(self, body=self.body._edit_child(name, op))
+        if op[0] == "remove":
+            msg = f"can't remove `{name}`: it is the body of loop `{self.name}`. Replace it."
+            raise WiringError(msg, name=name, consumer=self.name)
+        return super()._edit_child(name, op)
 
-        provides = self._iface.provides
+    def _append(self, node: Node, name: str | None) -> Node:
+        return attrs.evolve(self, body=_joined(self.body, node, "after", name))
 
-        def dispatch(values: Values, run: Run) -> None:
-            if run.cache is None or run.uncached:
-                run_loop(values, run)
-            elif run.sink is None and own is None and not run.on_step:
-                # A loop is cached as one unit: its steps' results are never reused alone.
-                cached_unit(self, run_loop, values, run)
-            else:  # callbacks may change the values: run it, and trust nothing it made
-                run.uncached += 1
-                try:
-                    run_loop(values, run)
-                finally:
-                    run.uncached -= 1
-                for name in provides:
-                    run.keys[name] = fresh_key()
-
-        return dispatch
-
-
-def _step_failure(
-    failure: Failure,
-    values: Values,
-    outs: tuple[str, ...],
-    saved: tuple[Any, ...],
-    body_name: str | None,
-    index: int,
-) -> Failure:
-    """Put the values back as the last completed step left them, and say where it failed."""
-    _restore(values, outs, saved)
-    if body_name is not None:
-        failure.add(body_name)
-    return failure.add(f"[step {index}]")
-
-
-def _slow_step(body: Exec, body_name: str | None, values: Values, run: Run, index: int) -> None:
-    """Run one step keeping the path up to date: ``denoise[step 3] > unet``."""
-    path = run.path
-    base = path[-1]
-    path[-1] = f"{base}[step {index}]"
-    if body_name is not None:
-        path.append(body_name)
-    try:
-        body(values, run)
-    finally:
-        if body_name is not None:
-            path.pop()
-        path[-1] = base
-
-
-def _restore(values: Values, keys: Any, saved: Any) -> None:
-    for key, old in zip(keys, saved, strict=True):
-        if old is NOTHING:
-            values.pop(key, None)
-        else:
-            values[key] = old
-
-
-def _after_step(
-    values: Values,
-    run: Run,
-    callbacks: tuple[OnStep, ...],
-    index: int,
-    element: Any,
-    total: int,
-    hidden: tuple[str | None, str | None],
-) -> bool:
-    """Call step callbacks and the stream; return whether the loop must stop."""
-    snapshot = _whole_state({k: v for k, v in values.items() if k not in hidden}, run)
-    step = Step(
-        format_path(list(reversed(run.path))), index, element, total, State._adopt(snapshot)
-    )
-    for callback in callbacks:
-        try:
-            changes = callback(step)
-        except Exception as exc:  # noqa: BLE001 - reported as a failure of the callback
-            raise (
-                Failure(BLOCK, exc, block="on_step").add("on_step").add(f"[step {index}]")
-            ) from None
-        if changes:
-            values.update(_inner_names(changes, run))
-            snapshot.update(changes)
-            step.state = State._adopt(dict(snapshot))
-    if run.sink is not None:
-        run.sink(step.state)
-    return step.stopped
-
-
-def _whole_state(snapshot: Values, run: Run) -> Values:
-    """See values of a renamed node's own dict as the run's state, under the run's names."""
-    for outer, names in reversed(run.views):
-        merged = dict(outer)
-        merged.update({names.get(k, k): v for k, v in snapshot.items()})
-        snapshot = merged
-    return snapshot
-
-
-def _inner_names(changes: Mapping[str, Any], run: Run) -> dict[str, Any]:
-    """Translate changes named as in the run's state to the names inside renamed nodes."""
-    translated = dict(changes)
-    for _, names in run.views:
-        inverse = {o: i for i, o in names.items()}
-        translated = {inverse.get(k, k): v for k, v in translated.items()}
-    return translated
+    def _make_plan(self) -> Plan:
+        return Repeat(
+            **self._plan_fields(),
+            body=self.body._plan,
+            body_label=self.body.name if self.body._named else None,
+            over=self.over,
+            index=self.index,
+            item=self.item,
+            progress=self.progress,
+            on_step=self.on_step,
+        )
 
 
 def loop(
@@ -520,5 +342,14 @@ def loop(
     """
     if not isinstance(cast("object", body), Node):
         msg = f"loop `{name}`: the body is {body!r}, not a node. Pass a block or a sequence."
+        raise WiringError(msg, consumer=name)
+    if not isinstance(cast("object", over), str):
+        msg = (
+            f"loop `{name}`: `over` names the state value to loop over (e.g. "
+            f"`over='timesteps'`), not {over!r}."
+        )
+        raise WiringError(msg, consumer=name)
+    if on_step is not None and not callable(cast("object", on_step)):
+        msg = f"loop `{name}`: `on_step` must be a function taking a `Step`, not {on_step!r}."
         raise WiringError(msg, consumer=name)
     return Loop(body, over, index, item, name, progress, on_step)

@@ -47,17 +47,19 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import attrs
 
-from ._cache import Cache, fingerprint
+from ._cache import fingerprint
+from ._names import did_you_mean
 from ._node import Node
-from ._pipeline import Pipeline
 from ._progress import open_bar
-from ._run import did_you_mean
 from ._state import summarize
 from .exceptions import FAILED, MapError, UnknownInputError
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
 
 __all__ = ["FAILED", "MapError", "batchable_inputs", "map_pipeline", "run_items"]
 
@@ -258,37 +260,17 @@ def _token(pipe: Pipeline) -> str:
     return digest.hexdigest()
 
 
-def _rebuild(
-    blocks: Node,
-    components: dict[str, Any],
-    configs: dict[str, Any],
-    inference_mode: bool,
-    cache: dict[str, Any] | None,
-) -> Pipeline:
-    return Pipeline(
-        blocks,
-        components=components,
-        configs=configs,
-        inference_mode=inference_mode,
-        cache=None if cache is None else Cache(**cache),
-    )
+def _same(value: Pipeline) -> Pipeline:
+    return value
 
 
 def _dumps(pipe: Pipeline) -> bytes:
-    """Pickle what rebuilds *pipe*: blocks (by reference), components, configs."""
-    cache = pipe.cache
-    options = None
-    if cache is not None:  # each worker gets an empty cache with the same settings
-        names = ("max_entries", "max_bytes", "hash_tensors", "check_inplace")
-        options = {name: getattr(cache, name) for name in names}
-    recipe = functools.partial(
-        _rebuild,
-        pipe.blocks,
-        dict(pipe.components),
-        dict(pipe.configs),
-        pipe.inference_mode,
-        options,
-    )
+    """Pickle a recipe that rebuilds *pipe*: blocks (by reference), components, configs.
+
+    The pipeline pickles itself (its cache travels as an empty one with the same settings);
+    the recipe is a call that returns it, so workers can tell a payload from a result.
+    """
+    recipe = functools.partial(_same, pipe)
     try:
         return pickle.dumps(recipe, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:

@@ -1,68 +1,55 @@
-"""`Node`: what blocks, sequences, switches and loops share — composing, adapting, running."""
+"""`Node` and the composition algebra: ``>>`` (`Sequential`), `rename`/`bind` (`Adapted`), editing.
+
+Every node describes itself once as a plan (`_plan`) that the engine runs, and edits by path:
+``node["text2img > denoise > scheduler_step"]``, `replace`, `insert`, `remove` reach through
+sequences, switch branches and loop bodies and return new nodes with every other setting kept.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 
+from ._cachehook import cache_hooks
+from ._engine import CancelToken, OnStep, execute
 from ._events import Event
-from ._run import (
-    CancelToken,
-    Exec,
-    OnStep,
-    Run,
-    Values,
-    did_you_mean,
-    make_run,
-    run_node,
-)
+from ._names import check_identifier, did_you_mean, listed
+from ._paths import Path, parse
+from ._plan import Plan, Scope, Seq
 from ._specs import COMPONENT, CONFIG, INPUT, InputSpec, OutputSpec
 from ._state import State
-from .exceptions import WiringError
+from ._wiring import Interface, adapted_interface, fed_defaults, unique_names, wire_sequence
+from .exceptions import PathError, WiringError
 
 if TYPE_CHECKING:
     from ._cache import Cache
-    from ._sequential import Sequential
 
-__all__ = ["PRODUCED", "Adapted", "Interface", "Node"]
+__all__ = ["PRODUCED", "Adapted", "Composite", "Node", "Sequential"]
 
 PRODUCED: Any = object()  # stands for a value an earlier block will produce, when resolving
 
-
-@attrs.frozen
-class Interface:
-    """What a node reads and writes, computed once when the node is built."""
-
-    inputs: tuple[InputSpec, ...]  # every kind: inputs, components, configs
-    outputs: tuple[OutputSpec, ...]
-    bound: tuple[str, ...] = ()  # names a node puts in the state besides its outputs (bind)
-    maybe: frozenset[str] = frozenset()  # outputs that may not be produced (switch branches)
-    required: frozenset[str] = attrs.field(init=False)
-    accepted: frozenset[str] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "required", frozenset(s.name for s in self.inputs if s.required))
-        object.__setattr__(self, "accepted", frozenset(s.name for s in self.inputs))
-
-    @property
-    def provides(self) -> tuple[str, ...]:
-        """Names this node puts in the state: its outputs, then bound values."""
-        return tuple(s.name for s in self.outputs) + self.bound
+Where = Literal["before", "after"]
 
 
 class Node:
     """A step of a pipeline: a `Block`, `Sequential`, `Switch` or `Loop`.
 
     Every node is immutable and compared by identity. ``a >> b`` composes nodes into a
-    `Sequential`; `rename`, `bind` and `named` return adapted copies; `run` executes.
+    `Sequential`; `rename`, `bind` and `named` return adapted copies; `run` executes;
+    ``node[path]``, `replace`, `insert` and `remove` edit by path.
     """
 
     # Set by subclasses (attrs fields or properties).
     name: str
     _iface: Interface
+
+    @property
+    def _kind(self) -> str:
+        """How docs call the node: Block, Sequential, Switch or Loop."""
+        return "Node"
 
     # -- what the node reads and writes ------------------------------------------------------
 
@@ -101,6 +88,10 @@ class Node:
         """The name used in messages and docs (anonymous sequences are `sequence`)."""
         return self.name if self._named else "sequence"
 
+    def _inner_name(self, name: str) -> str:
+        """The name a value has inside the node (renames change it)."""
+        return name
+
     def resolve(self, **inputs: Any) -> Node | None:
         """Return the node that would run with *inputs*: switches replaced by their choice.
 
@@ -117,15 +108,13 @@ class Node:
     # -- composing -----------------------------------------------------------------------
 
     def __rshift__(self, other: Node) -> Sequential:
-        from ._sequential import Sequential
-
         if not isinstance(cast("object", other), Node):
             return NotImplemented
         return Sequential((self, other))
 
     def named(self, name: str) -> Node:
         """Return a copy of this node called *name* (a named sequence stays one sub-block)."""
-        _check_identifier(name, self.name)
+        check_identifier(name, self._label)
         return attrs.evolve(self, name=name)  # type: ignore[misc]
 
     def rename(self, **names: str) -> Node:
@@ -135,7 +124,7 @@ class Node:
         """
         self._check_names(names, "rename")
         for new in names.values():
-            _check_identifier(new, self.name)
+            check_identifier(new, self._label)
         return Adapted(self, renames=tuple(names.items()), name=self.name)
 
     def bind(self, **values: Any) -> Node:
@@ -156,32 +145,146 @@ class Node:
                 what = "input or output" if outputs else "input, component or config"
                 msg = (
                     f"can't {verb} `{name}` of `{self._label}`: it has no {what} of that name."
-                    f"{did_you_mean(name, known)} Known: {', '.join(f'`{k}`' for k in known)}."
+                    f"{did_you_mean(name, known)} Known: {listed(known)}."
                 )
                 raise WiringError(msg, name=name, consumer=self._label)
+
+    # -- editing by path -------------------------------------------------------------------
+
+    def __getitem__(self, path: str | Path | int) -> Node:
+        """The sub-node at *path*: ``node["text2img > denoise > scheduler_step"]``.
+
+        Paths go through named sequences, switch branches and loop bodies; `err.path` works
+        too (loop steps are ignored). A sequence also takes a position.
+        """
+        node: Node = self
+        for name in self._segments(path):
+            node = node._child(name)
+        return node
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the sub-nodes, as paths and ``node[name]`` know them."""
+        return tuple(label for label, _ in self._children())
+
+    def replace(self, path: str | Path, node: Node) -> Node:
+        """Return a copy with the sub-node at *path* replaced by *node* (which keeps its name)."""
+        return self._edit(self._segments(path), ("replace", node))
+
+    def insert(
+        self,
+        node: Node,
+        *,
+        before: str | Path | None = None,
+        after: str | Path | None = None,
+        name: str | None = None,
+    ) -> Node:
+        """Return a copy with *node* inserted before or after the sub-node at a path.
+
+        Without either, a sequence gets *node* at its end. The path reaches inside loops and
+        switches: ``sd.insert(clamp, after="text2img > denoise > scheduler_step")``.
+        """
+        if before is not None and after is not None:
+            msg = "give `before=` or `after=`, not both."
+            raise WiringError(msg, consumer=self._label)
+        if name is not None:
+            check_identifier(name, self._label)
+        if before is None and after is None:
+            return self._append(node, name)
+        where: Where = "before" if before is not None else "after"
+        target = before if before is not None else after
+        assert target is not None
+        return self._edit(self._segments(target), ("insert", node, where, name))
+
+    def remove(self, path: str | Path) -> Node:
+        """Return a copy without the sub-node at *path* (its readers need the value elsewhere)."""
+        return self._edit(self._segments(path), ("remove",))
+
+    def _segments(self, path: str | Path | int) -> tuple[str, ...]:
+        if isinstance(path, int):
+            return (self._children()[path][0],)
+        names = tuple(s.name for s in parse(path))
+        if self._named and len(names) > 1 and names[0] == self.name and names[0] not in self.names:
+            return names[1:]  # the path starts with the node's own name, as err.path does
+        return names
+
+    def _child(self, name: str) -> Node:
+        for label, child in self._children():
+            if label == name:
+                return child
+        labels = self.names
+        if not labels:
+            msg = f"`{self._label}` is a block: it has no sub-block `{name}`."
+        else:
+            msg = (
+                f"`{self._label}` has no sub-block `{name}`.{did_you_mean(name, labels)} "
+                f"Its sub-blocks are: {listed(labels)}."
+            )
+        raise PathError(msg, path=name, node=self._label)
+
+    def _edit(self, names: tuple[str, ...], op: tuple[Any, ...]) -> Node:
+        """Apply *op* to the sub-node at *names*; each level rebuilds itself around the result."""
+        if len(names) == 1:
+            return self._edit_child(names[0], op)
+        child = self._child(names[0])
+        return self._with_child(names[0], child._edit(names[1:], op))
+
+    def _edit_child(self, name: str, op: tuple[Any, ...]) -> Node:
+        """Apply *op* to the direct sub-node *name* (sequences override: they hold a list)."""
+        child = self._child(name)
+        kind = op[0]
+        if kind == "replace":
+            return self._with_child(name, op[1])
+        if kind == "insert":
+            return self._with_child(name, _joined(child, op[1], op[2], op[3]))
+        msg = (
+            f"can't remove `{name}` from `{self._label}`: it is not in a sequence. Replace it, "
+            f"or remove the whole `{self._label}`."
+        )
+        raise WiringError(msg, name=name, consumer=self._label)
+
+    def _with_child(self, name: str, node: Node) -> Node:  # noqa: ARG002 - composites override
+        """A copy with the direct sub-node *name* replaced by *node* (overridden by composites)."""
+        self._child(name)  # raises: a block has no sub-nodes
+        raise AssertionError  # pragma: no cover
+
+    def _append(self, node: Node, name: str | None) -> Node:  # noqa: ARG002 - composites override
+        msg = (
+            f"`{self._label}` is not a sequence: say where with `insert(node, before=...)` or "
+            "`after=...`, or compose with `>>`."
+        )
+        raise WiringError(msg, consumer=self._label)
 
     # -- running -------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        # The compiled function is rebuilt on first use after unpickling; it can't be pickled.
+        # Plans and generated functions are rebuilt on first use after unpickling.
         state = dict(self.__dict__)
-        for name in ("_exec", "_slow_exec", "_compiled"):
+        for name in ("_plan_made", "_identity"):
             state.pop(name, None)
-        state.pop("_identity", None)  # made of per-process object tokens
         return state
 
-    @functools.cached_property
-    def _exec(self) -> Exec:
-        """The compiled function that runs this node on a run's values (built on first use)."""
-        return self._compile()
+    @property
+    def _plan(self) -> Plan:
+        """How the engine runs this node (built on first use, then kept)."""
+        found: Plan | None = self.__dict__.get("_plan_made")
+        if found is None:
+            found = self.__dict__["_plan_made"] = self._make_plan()
+        return found
 
-    def _compile(self) -> Exec:
+    def _make_plan(self) -> Plan:
         raise NotImplementedError
 
-    @functools.cached_property
-    def _slow_exec(self) -> Exec:
-        """The function for runs that go node by node (`Run.slow`); blocks skip a check."""
-        return self._exec
+    def _plan_fields(self) -> dict[str, Any]:
+        iface = self._iface
+        return {
+            "node": self,
+            "name": self._label,
+            "inputs": tuple(s.name for s in iface.inputs),
+            "outputs": iface.provides,
+            "components": tuple(s.name for s in iface.inputs if s.kind == COMPONENT),
+            "cacheable": all(child._plan.cacheable for _, child in self._children()),
+        }
 
     @functools.cached_property
     def _identity(self) -> bytes:
@@ -196,9 +299,13 @@ class Node:
     def _identity_parts(self) -> list[Any]:
         return []
 
-    def _resume(self, start: str) -> Exec:
-        msg = f"`{self._label}` can't start at `{start}`: only a sequence or a loop can resume."
-        raise WiringError(msg, name=start, consumer=self.name)
+    def _missing_hint(self, names: tuple[str, ...]) -> str:
+        """A hint for missing inputs that a loop inside gives its body under other names."""
+        for _, child in self._children():
+            hint = child._missing_hint(names)
+            if hint:
+                return hint
+        return ""
 
     def run(
         self,
@@ -209,7 +316,7 @@ class Node:
         events: Callable[[Event], None] | None = None,
         cancel: CancelToken | None = None,
         cache: Cache | None = None,
-        resume: str | None = None,
+        resume: str | Path | None = None,
         **inputs: Any,
     ) -> State:
         """Run the node and return the final state.
@@ -221,17 +328,29 @@ class Node:
                 cache, and after each loop step (a `Report` collects them).
             cancel: a token that stops the run between blocks and loop steps.
             cache: a `Cache` that serves unchanged blocks instead of running them.
-            resume: start at a sub-block, skipping those before it: a name, or the ``.path``
-                of a `BlockError` (``name[step 12]`` resumes a loop at that step).
+            resume: start at a sub-block, skipping those before it: a name, a path such as
+                ``"denoise[step 12] > unet"``, or the ``.path`` of a `BlockError` or a
+                `CancelledError`. The values of *state* that runs change in place (generators,
+                schedulers) are copied first, so one state can be resumed more than once.
             **inputs: the node's inputs by name.
 
         Raises:
             MissingInputError: a required input is missing (all are listed at once).
             UnknownInputError: an input name the node does not read.
+            PathError: *resume* names no sub-block.
             BlockError: a block raised; ``err.state`` holds the values computed before.
+            CancelledError: *cancel* was cancelled; ``err.path`` is the first unit not run.
         """
-        run = make_run(on_step, events, cancel, cache)
-        return run_node(self, state, inputs, run, start=resume)
+        return execute(
+            self,
+            state,
+            inputs,
+            on_step=on_step,
+            events=events,
+            cancel=cancel,
+            resume=resume,
+            hooks=cache_hooks(cache),
+        )
 
     def stream(self, state: Mapping[str, Any] | None = None, /, **inputs: Any) -> Iterator[State]:
         """Run the node, yielding the state after each loop step and the final state last.
@@ -259,7 +378,7 @@ class Node:
         return render_mermaid(self)
 
     def _children(self) -> tuple[tuple[str, Node], ...]:
-        """The named sub-nodes shown in the tree `repr`."""
+        """The named sub-nodes: the tree `repr`, paths and editing walk them."""
         return ()
 
     def __repr__(self) -> str:
@@ -273,10 +392,13 @@ class Node:
         return render_markdown(self)
 
 
-def _check_identifier(name: str, node: str) -> None:
-    if not isinstance(cast("object", name), str) or not name.isidentifier():
-        msg = f"`{node}`: {name!r} is not a valid name. Use a Python identifier."
-        raise WiringError(msg, name=str(name), consumer=node)
+def _joined(target: Node, node: Node, where: Where, name: str | None) -> Node:
+    """*target* with *node* run before or after it, for a target that sits in no sequence."""
+    if isinstance(target, Sequential):
+        return target.insert(node, name=name) if where == "after" else target._prepend(node, name)
+    new = node if name is None else node.named(name)
+    pair = (new, target) if where == "before" else (target, new)
+    return Sequential(pair)
 
 
 class Composite(Node):
@@ -298,28 +420,14 @@ class Adapted(Composite):
     _iface: Interface = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        outer = dict(self.renames)
-        inner = self.node._iface
-        bound = {name for name, _ in self.bound}
-        inputs: dict[str, InputSpec] = {}
-        for spec in inner.inputs:
-            name = outer.get(spec.name, spec.name)
-            if name not in bound:
-                inputs.setdefault(name, attrs.evolve(spec, name=name))
-        outputs = [attrs.evolve(s, name=outer.get(s.name, s.name)) for s in inner.outputs]
-        seen: set[str] = set()
-        for out in outputs:
-            if out.name in seen:
-                msg = f"renaming `{self.node.name}` gives two outputs the name `{out.name}`."
-                raise WiringError(msg, name=out.name, producer=self.node.name)
-            seen.add(out.name)
-        iface = Interface(
-            tuple(inputs.values()),
-            tuple(outputs),
-            bound=tuple(outer.get(n, n) for n in inner.bound) + tuple(n for n, _ in self.bound),
-            maybe=frozenset(outer.get(n, n) for n in inner.maybe),
+        iface = adapted_interface(
+            self.node._iface, dict(self.renames), [n for n, _ in self.bound], self.name
         )
         object.__setattr__(self, "_iface", iface)
+
+    @property
+    def _kind(self) -> str:
+        return self.node._kind
 
     @property
     def description(self) -> str:
@@ -329,8 +437,11 @@ class Adapted(Composite):
     def _named(self) -> bool:
         return self.node._named
 
+    def _inner_name(self, name: str) -> str:
+        return {outer: inner for inner, outer in self.renames}.get(name, name)
+
     def named(self, name: str) -> Node:
-        _check_identifier(name, self.name)
+        check_identifier(name, self._label)
         return Adapted(self.node.named(name), name=name, renames=self.renames, bound=self.bound)
 
     def rename(self, **names: str) -> Node:
@@ -339,7 +450,7 @@ class Adapted(Composite):
         renames = dict(self.renames)
         inner_of = {outer: inner for inner, outer in renames.items()}
         for old, new in names.items():
-            _check_identifier(new, self.name)
+            check_identifier(new, self._label)
             renames[inner_of.get(old, old)] = new
         bound = tuple((names.get(n, n), v) for n, v in self.bound)
         return Adapted(self.node, name=self.name, renames=tuple(renames.items()), bound=bound)
@@ -356,53 +467,199 @@ class Adapted(Composite):
     def _children(self) -> tuple[tuple[str, Node], ...]:
         return self.node._children()
 
+    def _child(self, name: str) -> Node:
+        return self.node._child(name)
+
+    def _edit(self, names: tuple[str, ...], op: tuple[Any, ...]) -> Node:
+        return attrs.evolve(self, node=self.node._edit(names, op))
+
+    def _append(self, node: Node, name: str | None) -> Node:
+        return attrs.evolve(self, node=self.node._append(node, name))
+
+    def _missing_hint(self, names: tuple[str, ...]) -> str:
+        return self.node._missing_hint(tuple(self._inner_name(n) for n in names))
+
     def _identity_parts(self) -> list[Any]:
         return [self.node._identity, self.renames, self.bound]
 
-    def _compile(self) -> Exec:
-        inner_exec = self.node._exec
-        bound = self.bound
-        if not self.renames:
-
-            def run_bound(values: Values, run: Run) -> None:
-                values.update(bound)
-                inner_exec(values, run)
-
-            return run_bound
+    def _make_plan(self) -> Plan:
         outer = dict(self.renames)
-        reads = tuple((s.name, outer.get(s.name, s.name)) for s in self.node._iface.inputs)
-        writes = tuple((n, outer.get(n, n)) for n in self.node._iface.provides)
+        inner = self.node._iface
+        return Scope(
+            **self._plan_fields(),
+            inner=self.node._plan,
+            bound=self.bound,
+            reads=tuple((s.name, outer.get(s.name, s.name)) for s in inner.inputs),
+            writes=tuple((n, outer.get(n, n)) for n in inner.provides),
+            renamed=bool(self.renames),
+        )
 
-        def run_renamed(values: Values, run: Run) -> None:
-            # The inner node runs on its own dict holding just its inputs under inner names,
-            # so a renamed value can never shadow another one of the outer state.
-            values.update(bound)
-            inner = {i: values[o] for i, o in reads if o in values}
-            if not run.slow:
-                try:
-                    inner_exec(inner, run)
-                finally:
-                    for i, o in writes:
-                        if i in inner:
-                            values[o] = inner[i]
-                return
-            # Cache keys are kept by name too: the inner node sees its values' keys under the
-            # inner names, and what it produced goes back under the outer ones.
-            outer_keys = run.keys
-            run.keys = {i: outer_keys[o] for i, o in reads if o in outer_keys}
-            run.views.append((values, outer))
-            try:
-                inner_exec(inner, run)
-            finally:
-                run.views.pop()
-                inner_keys, run.keys = run.keys, outer_keys
-                for i, o in writes:
-                    if i in inner_keys:
-                        outer_keys[o] = inner_keys[i]
-                    elif i in inner:
-                        outer_keys.pop(o, None)  # a new value: the old key no longer names it
-                for i, o in writes:
-                    if i in inner:
-                        values[o] = inner[i]
 
-        return run_renamed
+def _flatten(nodes: Iterable[object] | Node) -> tuple[Node, ...]:
+    if isinstance(nodes, Node):
+        nodes = (nodes,)  # Sequential(block): a sequence of one
+    if not isinstance(cast("object", nodes), Iterable):
+        msg = f"a sequence holds nodes (blocks, sequences, switches, loops), not {nodes!r}."
+        raise WiringError(msg)
+    flat: list[Node] = []
+    for node in nodes:
+        if not isinstance(node, Node):
+            msg = f"a sequence holds nodes (blocks, sequences, switches, loops), not {node!r}."
+            raise WiringError(msg)
+        if isinstance(node, Sequential) and node.name is None:
+            flat.extend(node.nodes)  # anonymous sequences are spliced: `>>` is associative
+        else:
+            flat.append(node)
+    return tuple(flat)
+
+
+@attrs.frozen(slots=False, eq=False, repr=False)
+class Sequential(Composite):
+    """Nodes that run in order; each reads what the ones before it produced.
+
+    Made with ``a >> b``, ``Sequential([a, b])`` or `from_dict`. Anonymous sequences are
+    spliced flat when composed, so ``>>`` is associative; `named` ones stay one sub-block.
+    Inputs are what no earlier node produces; outputs are everything any node produces.
+    """
+
+    nodes: tuple[Node, ...] = attrs.field(converter=_flatten)
+    name: str | None = None  # type: ignore[assignment] # pyright: ignore[reportIncompatibleVariableOverride] - None: anonymous
+    _iface: Interface = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.nodes:
+            msg = "a sequence needs at least one node."
+            raise WiringError(msg)
+        if self.name is not None:
+            check_identifier(self.name, self.name)
+        labels = unique_names(node._label for node in self.nodes)
+        self.__dict__["_labels"] = labels
+        self.__dict__["_iface"] = wire_sequence(labels, self.nodes)
+
+    @classmethod
+    def from_dict(cls, nodes: Mapping[str, Node], /, *, name: str | None = None) -> Sequential:
+        """Build a sequence whose sub-blocks are called by the keys of *nodes*, in order.
+
+        Example: ``Sequential.from_dict({"input": a, "image_encoder": b})``.
+        """
+        return cls(tuple(node.named(key) for key, node in nodes.items()), name=name)
+
+    @property
+    def _named(self) -> bool:
+        return self.name is not None
+
+    @property
+    def _kind(self) -> str:
+        return "Sequential"
+
+    # -- editing: each returns a new sequence ------------------------------------------------
+
+    def __getitem__(self, path: str | Path | int) -> Node:
+        if isinstance(path, int):
+            return self.nodes[path]
+        return super().__getitem__(path)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def _children(self) -> tuple[tuple[str, Node], ...]:
+        return tuple(zip(self.__dict__["_labels"], self.nodes, strict=True))
+
+    def _as_named(self) -> list[Node]:
+        # Nodes keep the names they had here, so editing never renames the others.
+        return [n if n._label == k else n.named(k) for k, n in self._children()]
+
+    def _rebuilt(self, nodes: Iterable[Node]) -> Sequential:
+        return attrs.evolve(self, nodes=tuple(nodes))
+
+    def _position(self, name: str) -> int:
+        labels: tuple[str, ...] = self.__dict__["_labels"]
+        if name not in labels:
+            self._child(name)  # raises, with a suggestion
+        return labels.index(name)
+
+    def _with_child(self, name: str, node: Node) -> Node:
+        nodes = self._as_named()
+        nodes[self._position(name)] = node.named(name)
+        return self._rebuilt(nodes)
+
+    def _edit_child(self, name: str, op: tuple[Any, ...]) -> Node:
+        pos = self._position(name)
+        nodes = self._as_named()
+        if op[0] == "replace":
+            nodes[pos] = op[1].named(name)
+        elif op[0] == "remove":
+            if len(nodes) == 1:
+                msg = (
+                    f"can't remove `{name}`: it is the only sub-block of `{self._label}`, and a "
+                    "sequence needs at least one. Remove the sequence instead."
+                )
+                raise WiringError(msg, name=name, consumer=self._label)
+            del nodes[pos]
+        else:
+            _, node, where, new_name = op
+            nodes.insert(pos if where == "before" else pos + 1, self._fresh(node, new_name))
+        return self._rebuilt(nodes)
+
+    def _fresh(self, node: Node, name: str | None) -> Node:
+        """*node* under a name no sub-block has yet (its own, numbered if taken)."""
+        if name is None:
+            name = unique_names([*self.names, node._label])[-1]  # the others keep their names
+        elif name in self.names:
+            msg = (
+                f"can't insert a sub-block named `{name}`: `{self._label}` already has one. "
+                f"Give another `name=`, or use `.replace({name!r}, node)`."
+            )
+            raise WiringError(msg, name=name, consumer=self._label)
+        return node if name == node._label else node.named(name)
+
+    def _append(self, node: Node, name: str | None) -> Node:
+        return self._rebuilt([*self._as_named(), self._fresh(node, name)])
+
+    def _prepend(self, node: Node, name: str | None) -> Node:
+        return self._rebuilt([self._fresh(node, name), *self._as_named()])
+
+    def replace(self, path: str | Path, node: Node) -> Sequential:
+        """Return a copy with the sub-node at *path* replaced by *node*, which keeps the name."""
+        return cast("Sequential", super().replace(path, node))
+
+    def insert(
+        self,
+        node: Node,
+        *,
+        before: str | Path | None = None,
+        after: str | Path | None = None,
+        name: str | None = None,
+    ) -> Sequential:
+        """Return a copy with *node* inserted before or after a sub-node (or at the end)."""
+        return cast("Sequential", super().insert(node, before=before, after=after, name=name))
+
+    def remove(self, path: str | Path) -> Sequential:
+        """Return a copy without the sub-node at *path*."""
+        return cast("Sequential", super().remove(path))
+
+    def _resolve(self, known: dict[str, Any]) -> Node | None:
+        kept: list[Node] = []
+        for name, node in self._children():
+            chosen = node._resolve(known)
+            if chosen is not None:
+                kept.append(chosen.named(name) if chosen is node else chosen)
+        if not kept:
+            return None
+        if len(kept) == len(self.nodes) and all(
+            k is n or (k.name == n.name and getattr(k, "_iface", None) is n._iface)
+            for k, n in zip(kept, self.nodes, strict=True)
+        ):
+            return self  # nothing chosen away: the sequence itself runs
+        return Sequential(tuple(kept), name=self.name)
+
+    def _make_plan(self) -> Plan:
+        return Seq(
+            **self._plan_fields(),
+            children=tuple(node._plan for node in self.nodes),
+            labels=self.__dict__["_labels"],
+            feeds=tuple(fed_defaults(self.nodes)),
+        )

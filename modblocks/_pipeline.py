@@ -12,19 +12,37 @@ from typing import Any, cast, overload
 import attrs
 
 from ._cache import Cache, touch
+from ._cachehook import cache_hooks
+from ._engine import CancelToken, Hook, OnStep, execute
 from ._events import Event
+from ._names import did_you_mean, listed
 from ._node import Node
-from ._run import CancelToken, OnStep, did_you_mean, make_run, run_node
+from ._paths import Path
 from ._specs import InputSpec
 from ._state import State, summarize
 from ._typecheck import is_compatible, type_name
-from .exceptions import MissingInputError, ModblocksError, UnknownInputError, WiringError
+from .exceptions import (
+    MissingInputError,
+    ModblocksError,
+    UnknownInputError,
+    UnknownOutputError,
+    WiringError,
+)
 
 __all__ = ["Pipeline"]
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
+
+
+def _hook_tuple(hooks: Iterable[Hook]) -> tuple[Hook, ...]:
+    found = tuple(hooks)
+    for hook in found:
+        if not isinstance(cast("object", hook), Hook):
+            msg = f"`hooks` holds `mb.Hook` objects (offloading policies ...), not {hook!r}."
+            raise WiringError(msg, name="hooks")
+    return found
 
 
 @attrs.frozen(slots=False, eq=False, repr=False)
@@ -39,6 +57,7 @@ class Pipeline:
         inference_mode: run under `torch.inference_mode()` (the default), as diffusers does.
         cache: a `Cache` that serves unchanged blocks instead of running them again (change
             the seed and only what depends on the generator runs).
+        hooks: hooks run around every unit of every run (`Hook`: offloading policies ...).
 
     Example:
         ``pipe = mb.Pipeline(text2img, components={"unet": unet, ...})`` then
@@ -50,9 +69,17 @@ class Pipeline:
     configs: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_frozen_mapping)
     inference_mode: bool = True
     cache: Cache | None = None
+    hooks: tuple[Hook, ...] = attrs.field(default=(), converter=_hook_tuple)
 
     def __attrs_post_init__(self) -> None:
         _check_bindings(self.blocks, self.components, self.configs, extra_components=True)
+        if "output" in self.blocks._iface.accepted:
+            msg = (
+                f"`{self.blocks._label}` reads an input called `output`, which `pipe(...)` takes "
+                "as the name of the value to return. Rename it, e.g. "
+                "`blocks.rename(output='output_value')`."
+            )
+            raise WiringError(msg, name="output", consumer=self.blocks._label)
         declared = {spec.name for spec in self.blocks.components}
         if not declared.issuperset(self.components):
             # e.g. a diffusers pipeline's `.components`, with its safety checker and other
@@ -74,23 +101,33 @@ class Pipeline:
         on_step: OnStep | None = None,
         events: Callable[[Event], None] | None = None,
         cancel: CancelToken | None = None,
-        resume: str | None = None,
+        resume: str | Path | None = None,
         **inputs: Any,
     ) -> State:
         """Run the blocks with the bound components and return the final state.
 
-        Takes the same arguments as `Node.run` (the cache is the pipeline's). Components stay
-        out of the returned state
-        (and out of the state of an error), so states stay small to keep and to pickle.
+        Takes the same arguments as `Node.run` (the cache is the pipeline's). The bound
+        components stay out of the returned state (and out of the state of an error), so
+        states stay small to keep and to pickle; values the run made under a component's name
+        (the run's own copy of the scheduler) stay in, so ``resume=`` goes on with them.
         """
         self._check_given(inputs)
-        start: dict[str, Any] = dict(self.__dict__["_bound"])
-        if state is not None:
-            start.update(state)
-        run = make_run(on_step, events, cancel, self.cache)
         with self._stripping_errors(), self._mode():
-            final = run_node(self.blocks, start, inputs, run, start=resume)
+            final = execute(
+                self.blocks,
+                state,
+                inputs,
+                base=self.__dict__["_bound"],
+                on_step=on_step,
+                events=events,
+                cancel=cancel,
+                resume=resume,
+                hooks=self._hooks(),
+            )
         return self._strip(final)
+
+    def _hooks(self) -> tuple[Hook, ...]:
+        return (*cache_hooks(self.cache), *self.hooks)
 
     @contextlib.contextmanager
     def _stripping_errors(self) -> Generator[None]:
@@ -115,12 +152,42 @@ class Pipeline:
         ``output="images"`` returns that value, ``output=["images", "latents"]`` a tuple in
         that order, and ``output=None`` (the default) the whole final state.
         """
+        names = self._check_output(output)
         state = self.run(**inputs)
         if output is None:
             return state
         if isinstance(output, str):
             return _pick(state, output, self.blocks)
-        return tuple(_pick(state, name, self.blocks) for name in output)
+        return tuple(_pick(state, name, self.blocks) for name in names)
+
+    def _check_output(self, output: object) -> tuple[str, ...]:
+        """Check ``output=`` before anything runs; return the names it asks for."""
+        if output is None:
+            return ()
+        if isinstance(output, str):
+            names: tuple[object, ...] = (output,)
+        elif isinstance(output, Sequence):
+            names = tuple(cast("Sequence[object]", output))
+        else:
+            names = (output,)
+        iface = self.blocks._iface
+        known = [*iface.provides, *(n for n in iface.accepted if n not in self.components)]
+        for name in names:
+            if not isinstance(name, str):
+                msg = (
+                    f"`output=` names the value(s) to return: a string, a list of strings or "
+                    f"None for the whole state; got {output!r}."
+                )
+                raise UnknownOutputError(msg, node=self.blocks._label, names=(repr(name),))
+        unknown = tuple(cast("str", n) for n in names if n not in known)
+        if unknown:
+            hints = "".join(did_you_mean(n, known) for n in unknown)
+            msg = (
+                f"`{self.blocks._label}` produces no value {listed(unknown)}.{hints} "
+                f"It produces: {listed(iface.provides)}. Nothing was run."
+            )
+            raise UnknownOutputError(msg, node=self.blocks._label, names=unknown)
+        return cast("tuple[str, ...]", names)
 
     def map(
         self,
@@ -166,9 +233,13 @@ class Pipeline:
         from ._stream import stream
 
         self._check_given(inputs)
-        start = {**self.__dict__["_bound"], **(state or {})}
         steps = stream(
-            self.blocks, start, inputs, cache=self.cache, inference_mode=self.inference_mode
+            self.blocks,
+            state,
+            inputs,
+            base=self.__dict__["_bound"],
+            hooks=self._hooks(),
+            inference_mode=self.inference_mode,
         )
         with self._stripping_errors():
             for step_state in steps:
@@ -186,10 +257,13 @@ class Pipeline:
                     raise UnknownInputError(msg, node=self.blocks._label, names=(name,))
 
     def _strip(self, state: State) -> State:
+        """A state without the bound components (a new one: states never change)."""
+        components = self.components
         values = state._values
-        for name in self.components:
-            values.pop(name, None)
-        return state
+        if not any(values.get(k, _ABSENT) is v for k, v in components.items()):
+            return state
+        kept = {k: v for k, v in values.items() if components.get(k, _ABSENT) is not v}
+        return State._adopt(kept)
 
     def _mode(self) -> contextlib.AbstractContextManager[Any]:
         if not self.inference_mode:
@@ -298,7 +372,7 @@ class Pipeline:
         # By value, like composite nodes: the read-only views of components and configs don't
         # pickle themselves, and a cache travels as an empty one with the same settings.
         values = (dict(self.components), dict(self.configs), self.inference_mode, self.cache)
-        return (_unpickle, (self.blocks, *values))
+        return (_unpickle, (self.blocks, *values, self.hooks))
 
     def __repr__(self) -> str:
         comps = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
@@ -317,10 +391,19 @@ def _unpickle(
     configs: dict[str, Any],
     inference_mode: bool,
     cache: Cache | None,
+    hooks: tuple[Hook, ...] = (),
 ) -> Pipeline:
     return Pipeline(
-        blocks, components=components, configs=configs, inference_mode=inference_mode, cache=cache
+        blocks,
+        components=components,
+        configs=configs,
+        inference_mode=inference_mode,
+        cache=cache,
+        hooks=hooks,
     )
+
+
+_ABSENT: Any = object()
 
 
 def _pick(state: State, name: str, blocks: Node) -> Any:
@@ -328,10 +411,11 @@ def _pick(state: State, name: str, blocks: Node) -> Any:
         return state[name]
     known = list(state)
     msg = (
-        f"`{blocks._label}` produced no value `{name}`.{did_you_mean(name, known)} "
-        f"Its final state holds: {', '.join(f'`{k}`' for k in known)}."
+        f"this run of `{blocks._label}` produced no value `{name}` (the branch that ran "
+        f"doesn't make it).{did_you_mean(name, known)} Its final state holds: {listed(known)}; "
+        "it is in `err.state`."
     )
-    raise KeyError(msg)
+    raise UnknownOutputError(msg, node=blocks._label, names=(name,), state=state)
 
 
 def _check_bindings(

@@ -56,8 +56,13 @@ class progress(contextlib.ContextDecorator):  # noqa: N801 - a function-style en
             _settings.update(self._previous)
 
 
-def open_bar(total: int, desc: str, option: bool | Mapping[str, Any] | None) -> Bar | None:
-    """Open a bar for a loop of *total* steps, or return None when none should show."""
+def open_bar(
+    total: int, desc: str, option: bool | Mapping[str, Any] | None, initial: int = 0
+) -> Bar | None:
+    """Open a bar for a loop of *total* steps, or return None when none should show.
+
+    A resumed loop starts its bar at *initial*, the step it resumes at.
+    """
     if option is False:
         return None
     options = dict(_settings)
@@ -75,4 +80,6 @@ def open_bar(total: int, desc: str, option: bool | Mapping[str, Any] | None) -> 
     except ImportError:  # pragma: no cover - tqdm is a dependency, but keep running without it
         return None
     options.setdefault("desc", desc)
+    if initial:
+        options["initial"] = initial
     return tqdm(total=total, **options)  # type: ignore[no-any-return]

@@ -18,12 +18,7 @@ _INDENT = "    "
 
 
 def _kind_name(node: Node) -> str:
-    from ._block import Block
-    from ._node import Adapted
-
-    if isinstance(node, Adapted):
-        return _kind_name(node.node)
-    return "Block" if isinstance(node, Block) else type(node).__name__
+    return node._kind
 
 
 def _type(tp: Any) -> str:
@@ -57,9 +52,7 @@ def _section(title: str, lines: list[str]) -> list[str]:
 
 def _branch_notes(node: Node) -> tuple[dict[str, str], dict[str, str]]:
     """For a switch: which branches require an input, and which produce an output."""
-    from ._control import Switch
-
-    if not isinstance(node, Switch):
+    if node._kind != "Switch":
         return {}, {}
     children = node._children()
     need: dict[str, list[str]] = {}
@@ -84,15 +77,13 @@ def _branch_notes(node: Node) -> tuple[dict[str, str], dict[str, str]]:
 
 def render_doc(node: Node) -> str:
     """Render a node's documentation as plain text."""
-    from ._control import Switch
-
     head = f"{node._label} ({_kind_name(node)})"
     lines = [head]
     if node.description:
         lines += ["", node.description]
     subs = node._children()
     if subs:
-        title = "Branches" if isinstance(node, Switch) else "Sub-blocks"
+        title = "Branches" if node._kind == "Switch" else "Sub-blocks"
         lines += _section(title, [f"{name} ({_kind_name(child)})" for name, child in subs])
     lines += _section("Components", [_input_line(s) for s in node.components])
     lines += _section("Configs", [_input_line(s) for s in node.configs])
@@ -111,10 +102,8 @@ def render_tree(node: Node) -> str:
 
 
 def _tree_head(name: str, node: Node) -> str:
-    from ._block import Block
-
     kind = _kind_name(node)
-    if isinstance(node, Block) or not node._children():
+    if kind == "Block" or not node._children():
         ins = ", ".join(s.name for s in node._iface.inputs)
         outs = ", ".join(s.name for s in node.outputs)
         text = f"{name}({ins}) -> ({outs})"
@@ -162,21 +151,21 @@ class _Drawing:
         return f"{prefix}{next(self.counter)}"
 
     def walk(self, node: Node, name: str, produced: dict[str, list[str]]) -> None:
-        from ._control import Loop, Switch
-
         children = node._children()
         if not children:
             self.leaf(node, name, produced)
             return
         sub = self.new_id("sg")
         label = f"{name} ({_kind_name(node)})"
-        if isinstance(node, Loop):
-            label = f"{name} (loop over {node.over})"
-            self.edge_in(node.over, sub, produced)
+        over: str | None = getattr(node, "over", None)  # a loop (not one seen through rename)
+        if over is not None:
+            label = f"{name} (loop over {over})"
+            self.edge_in(over, sub, produced)
             # The step number and element come from the loop itself, not from outside.
-            produced.update({n: [] for n in (node.index, node.item) if n is not None})
+            given = (getattr(node, "index", None), getattr(node, "item", None))
+            produced.update({n: [] for n in given if n is not None})
         self.lines.append(f'    subgraph {sub}["{label}"]')
-        if isinstance(node, Switch):
+        if hasattr(node, "branches"):  # a switch (not one seen through rename)
             # Each branch starts from what came before; afterwards a value may come from any.
             merged: dict[str, list[str]] = {}
             for child_name, child in children:
@@ -185,7 +174,7 @@ class _Drawing:
                 for key, sources in branch.items():
                     if produced.get(key) is not sources:
                         merged.setdefault(key, []).extend(sources)
-            if node.default is None:  # the switch may be skipped: earlier values stay possible
+            if getattr(node, "default", None) is None:  # may be skipped: earlier values stay
                 for key, sources in merged.items():
                     sources.extend(s for s in produced.get(key, []) if s not in sources)
             produced.update(merged)

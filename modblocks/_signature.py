@@ -14,6 +14,7 @@ from typing import Annotated, Any, NamedTuple, cast, get_args, get_origin
 from ._docstring import parse_docstring
 from ._markers import COMPONENT as COMPONENT_MARKER
 from ._markers import CONFIG as CONFIG_MARKER
+from ._names import RUN_OPTIONS
 from ._specs import COMPONENT, CONFIG, INPUT, NOTHING, InputSpec, OutputSpec
 from ._typecheck import type_name
 from .exceptions import DefinitionError
@@ -83,6 +84,20 @@ def _check_function_type(fn: object, name: str) -> None:
             "that builds or uses it, or pass an instance as a `Component`."
         )
         raise DefinitionError(msg, function=name)
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        msg = (
+            f"block `{name}`: `async def` functions can't be blocks: a run calls each block and "
+            "goes on with its result, and a coroutine is not a result. Write a plain `def` "
+            "(call `asyncio.run(...)` inside it if you must), and run a whole pipeline from "
+            "async code with `await asyncio.to_thread(pipe, ...)`."
+        )
+        raise DefinitionError(msg, function=name)
+    if inspect.isgeneratorfunction(fn):
+        msg = (
+            f"block `{name}`: generator functions (with `yield`) can't be blocks: a block "
+            "returns its outputs once. Return a list, or loop with `mb.loop(...)`."
+        )
+        raise DefinitionError(msg, function=name)
     if inspect.ismethod(fn):
         msg = (
             f"block `{name}`: the bound method `{fn.__qualname__}` can't be a block, because its "
@@ -127,7 +142,18 @@ def _check_name(fn: Callable[..., Any], name: object) -> None:
     raise DefinitionError(msg, function=getattr(fn, "__name__", qualname))
 
 
+def _check_value_name(value: str, name: str, what: str) -> None:
+    if value in RUN_OPTIONS:
+        msg = (
+            f"block `{name}`: {what} `{value}` has the name of an option of `run(...)` "
+            f"({', '.join(sorted(RUN_OPTIONS))}), so it could never be given or read. "
+            f"Rename it (e.g. `{value}_value`)."
+        )
+        raise DefinitionError(msg, function=name, parameter=value)
+
+
 def _check_parameter(param: inspect.Parameter, name: str) -> None:
+    _check_value_name(param.name, name, "parameter")
     kind = param.kind
     if kind is inspect.Parameter.VAR_POSITIONAL:
         shown, why = f"*{param.name}", "a block reads its inputs by name from the state"
@@ -236,11 +262,12 @@ def _outputs(
     has_return = "return" in hints
     _, tp, doc = _split_annotation(hints.get("return", Any))
     if output is not None:
-        if not output.isidentifier():
+        if not isinstance(cast("object", output), str) or not output.isidentifier():
             msg = (
                 f"block `{name}`: `output={output!r}` is not a valid value name. Use an identifier."
             )
             raise DefinitionError(msg, function=name)
+        _check_value_name(output, name, "output")
         return (OutputSpec(output, tp, doc),), None
     if has_return and tp in (None, type(None)):
         return (), type(None)
@@ -249,6 +276,7 @@ def _outputs(
         specs: list[OutputSpec] = []
         fields: tuple[str, ...] = tp._fields
         for field in fields:
+            _check_value_name(field, name, "output")
             _, ftp, fdoc = _split_annotation(field_hints.get(field, Any))
             specs.append(OutputSpec(field, ftp, fdoc))
         return tuple(specs), tp

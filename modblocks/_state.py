@@ -8,6 +8,8 @@ from typing import Any, cast
 
 import attrs
 
+from .exceptions import FrozenStateError, InputTypeError
+
 __all__ = ["State", "summarize"]
 
 _MAX_REPR = 60
@@ -61,8 +63,25 @@ class State(Mapping[str, Any]):
 
     def __init__(self, mapping: Mapping[str, Any] | None = None, /, **values: Any) -> None:
         data = dict(mapping) if mapping is not None else {}
+        bad = [k for k in cast("dict[object, Any]", data) if not isinstance(k, str)]
+        if bad:
+            msg = (
+                f"a State names its values with strings, not {', '.join(map(repr, bad[:3]))}. "
+                "Use the names the blocks read."
+            )
+            raise InputTypeError(msg)
         data.update(values)
         object.__setattr__(self, "_values", data)
+
+    def __delitem__(self, name: str) -> None:
+        _no_delattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        msg = (
+            f"a State never changes, so `state[{name!r}] = ...` can't set it: make a new one "
+            f"with `state.evolve({{{name!r}: ...}})`."
+        )
+        raise FrozenStateError(msg, name=name)
 
     @classmethod
     def _adopt(cls, values: dict[str, Any]) -> State:
@@ -129,3 +148,25 @@ class State(Mapping[str, Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (State, (self._values,))
+
+
+def _no_setattr(self: State, name: str, value: Any) -> None:  # noqa: ARG001 - as __setattr__
+    msg = (
+        f"a State never changes, so `state.{name} = ...` can't set `{name}`: make a new one "
+        f"with `state.evolve({name}=...)`."
+    )
+    raise FrozenStateError(msg, name=name)
+
+
+def _no_delattr(self: State, name: str) -> None:  # noqa: ARG001 - as __delattr__
+    msg = (
+        f"a State never changes, so `{name}` can't be deleted from it: make a new one "
+        "without it, e.g. `mb.State({k: v for k, v in state.items() if k != ...})`."
+    )
+    raise FrozenStateError(msg, name=name)
+
+
+# attrs refuses a frozen class with its own __setattr__, so its frozen guards are replaced
+# after the fact by ones that say what to do instead (attrs' error is the base class).
+State.__setattr__ = _no_setattr  # type: ignore[method-assign,assignment]
+State.__delattr__ = _no_delattr  # type: ignore[method-assign,assignment]

@@ -10,15 +10,11 @@ import contextvars
 import queue
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
-from ._run import Run, run_node
+from ._engine import Hook, Runnable, execute
 from ._state import State
-
-if TYPE_CHECKING:
-    from ._cache import Cache
-    from ._node import Node
 
 __all__ = ["stream"]
 
@@ -35,11 +31,12 @@ def _grad_modes() -> tuple[bool, bool] | None:
 
 
 def stream(
-    node: Node,
+    node: Runnable,
     state: Mapping[str, Any] | None,
     inputs: Mapping[str, Any],
     *,
-    cache: Cache | None = None,
+    base: Mapping[str, Any] | None = None,
+    hooks: Iterable[Hook] = (),
     inference_mode: bool = False,
 ) -> Iterator[State]:
     """Run *node*, yielding the state after each loop step and the final state last."""
@@ -53,15 +50,20 @@ def stream(
         if not to_worker.get():
             raise _Closed
 
+    hooks = tuple(hooks)
+
+    def run() -> State:
+        return execute(node, state, inputs, base=base, sink=sink, hooks=hooks)
+
     def work() -> None:
         try:
             if modes is not None:
                 import torch
 
                 with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
-                    final = run_node(node, state, inputs, Run(sink=sink, cache=cache))
+                    final = run()
             else:
-                final = run_node(node, state, inputs, Run(sink=sink, cache=cache))
+                final = run()
         except _Closed:
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer to raise

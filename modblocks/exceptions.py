@@ -9,19 +9,28 @@ errors compare by their fields in tests and survive `pickle`.
 from __future__ import annotations
 
 import enum
+import pickle
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Literal
 
+import attrs
+
 __all__ = [
     "BlockError",
+    "BlockPicklingError",
     "CancelledError",
+    "DefaultsWarning",
     "DefinitionError",
+    "FrozenStateError",
+    "InputTypeError",
     "MapError",
     "MissingInputError",
     "ModblocksError",
     "OutputError",
+    "PathError",
     "UnknownInputError",
+    "UnknownOutputError",
     "WiringError",
 ]
 
@@ -32,6 +41,11 @@ class ModblocksError(Exception):
     def __init__(self, message: str = "", /, **fields: Any) -> None:
         super().__init__(message)
         self.__dict__.update(fields)
+
+    def __str__(self) -> str:
+        # The message as written, also for errors that are KeyErrors (whose own __str__
+        # would quote it).
+        return str(self.args[0]) if self.args else ""
 
     # BaseException pickles as (class, args, __dict__): the message comes back as the one
     # positional argument and the fields through __dict__, so no __reduce__ is needed.
@@ -61,11 +75,29 @@ class MissingInputError(ModblocksError, TypeError):
     state: Any = None
 
 
+class InputTypeError(ModblocksError, TypeError):
+    """A value given to a run is not of the type its first reader declares."""
+
+    node: str | None = None
+    name: str | None = None
+    expected: Any = None
+    path: str = ""
+    state: Any = None
+
+
 class UnknownInputError(ModblocksError, TypeError):
     """Inputs were given that the node does not read."""
 
     node: str | None = None
     names: tuple[str, ...] = ()
+
+
+class UnknownOutputError(ModblocksError, KeyError):
+    """``output=`` names a value the pipeline does not produce."""
+
+    node: str | None = None
+    names: tuple[str, ...] = ()
+    state: Any = None
 
 
 class OutputError(ModblocksError, TypeError):
@@ -93,6 +125,43 @@ class CancelledError(ModblocksError, RuntimeError):
 
     path: str = ""
     state: Any = None
+
+
+class PathError(ModblocksError, KeyError, ValueError):
+    """A path (``resume=``, ``node[path]``, ``insert(after=...)``) is not one, or names nothing.
+
+    A `KeyError` (no such sub-block) and a `ValueError` (text that isn't a path), so either
+    ``except`` clause catches it.
+    """
+
+    path: str = ""
+    node: str | None = None
+
+
+class FrozenStateError(ModblocksError, attrs.exceptions.FrozenInstanceError, TypeError):
+    """A `State` was changed in place (``state.x = 1``, ``state["x"] = 1``): it never changes.
+
+    Also attrs' `FrozenInstanceError` (an `AttributeError`) and a `TypeError`, as the builtin
+    mappings raise for item assignment.
+    """
+
+    name: str | None = None
+
+    def __init__(self, message: str = "", /, **fields: Any) -> None:
+        BaseException.__init__(self, message)  # attrs' FrozenError takes no message
+        self.msg = message
+        self.__dict__.update(fields)
+
+
+class BlockPicklingError(ModblocksError, pickle.PicklingError):
+    """A block that pickle can't find again by its module and qualified name."""
+
+    block: str | None = None
+    qualname: str | None = None
+
+
+class DefaultsWarning(UserWarning):
+    """Two blocks of one sequence give the same input different defaults; the first one wins."""
 
 
 class _Failed(enum.Enum):

@@ -3,6 +3,7 @@
 import inspect
 import pickle
 
+import attrs
 import pytest
 
 import modblocks as mb
@@ -17,7 +18,13 @@ BASES = {
     "BlockError": RuntimeError,
     "CancelledError": RuntimeError,
     "MapError": RuntimeError,
+    "PathError": (KeyError, ValueError),
+    "InputTypeError": TypeError,
+    "UnknownOutputError": KeyError,
+    "FrozenStateError": (attrs.exceptions.FrozenInstanceError, AttributeError, TypeError),
+    "BlockPicklingError": pickle.PicklingError,
 }
+WARNINGS = {"DefaultsWarning": UserWarning}
 
 FIELDS = {
     "DefinitionError": {"function": "f", "parameter": "args"},
@@ -27,6 +34,11 @@ FIELDS = {
     "OutputError": {"block": "f", "path": "pipe > f", "state": mb.State(x=1)},
     "BlockError": {"block": "unet", "path": "a > b[step 2] > unet", "state": mb.State(x=1)},
     "CancelledError": {"path": "a > loop", "state": mb.State(x=1)},
+    "PathError": {"path": "a > nope", "node": "a"},
+    "InputTypeError": {"node": "a", "name": "x", "expected": int, "path": "a", "state": None},
+    "UnknownOutputError": {"node": "pipe", "names": ("image",), "state": None},
+    "FrozenStateError": {"name": "x"},
+    "BlockPicklingError": {"block": "f", "qualname": "m.<locals>.f"},
 }
 
 ERROR_CLASSES = [
@@ -38,7 +50,7 @@ ERROR_CLASSES = [
 
 def test_exceptions_module_lists_every_class():
     assert sorted(exceptions.__all__) == sorted(cls.__name__ for cls in ERROR_CLASSES)
-    assert set(BASES) | {"ModblocksError"} == set(exceptions.__all__)
+    assert set(BASES) | set(WARNINGS) | {"ModblocksError"} == set(exceptions.__all__)
 
 
 def test_exceptions_are_exported_from_the_package():
@@ -55,8 +67,21 @@ def test_modblocks_error_is_an_exception():
 def test_exception_bases(name):
     cls = getattr(exceptions, name)
     assert issubclass(cls, exceptions.ModblocksError)
-    assert issubclass(cls, BASES[name])
+    bases = BASES[name] if isinstance(BASES[name], tuple) else (BASES[name],)
+    assert all(issubclass(cls, base) for base in bases)
     assert inspect.getdoc(cls)
+
+
+@pytest.mark.parametrize("name", list(WARNINGS))
+def test_warning_bases(name):
+    cls = getattr(exceptions, name)
+    assert issubclass(cls, WARNINGS[name])
+    assert inspect.getdoc(cls)
+
+
+def test_key_errors_print_their_message_unquoted():
+    # KeyError's own str() repr-quotes its argument; ours read as written.
+    assert str(exceptions.PathError("no sub-block `x`.")) == "no sub-block `x`."
 
 
 @pytest.mark.parametrize("name", list(FIELDS))

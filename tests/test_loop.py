@@ -14,6 +14,9 @@ import modblocks as mb
 from modblocks.exceptions import BlockError, CancelledError, MissingInputError, WiringError
 from tests.strategies import build_block, chains, inputs_for
 
+# Random chains give one input different defaults on purpose: the reference model covers it.
+pytestmark = pytest.mark.filterwarnings("ignore::modblocks.DefaultsWarning")
+
 
 @mb.block(output="latents")
 def step(latents: int, t: int, i: int) -> int:

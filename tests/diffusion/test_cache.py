@@ -388,7 +388,7 @@ def test_sd_cache_cancel_between_steps_keeps_the_cache_correct(cached, plain):
             events=_cancel_after_step(token, report, 0),
             **{**SMALL, "num_inference_steps": 3},
         )
-    assert info.value.path == T2I + "denoise[step 0]"
+    assert info.value.path == T2I + "denoise[step 1]"  # the first step not run
     assert report.ran == [
         *paths(T2I, "encode_prompt", "default_size", "set_timesteps", "prepare_latents"),
         *loop_steps(T2I, 1),

@@ -1,0 +1,199 @@
+"""The cache as a hook of the engine: units served from a `Cache` instead of running.
+
+Blocks are cached one by one; a loop is cached as one unit (its steps' results are never
+reused alone); a renamed node sees its values' keys under its own names. A value's key is
+the key of the unit output that produced it (a Merkle chain), or a fingerprint of a value the
+caller gave.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._cache import (
+    PLAIN,
+    Cache,
+    Entry,
+    Key,
+    fingerprint,
+    fresh_key,
+    generators_in,
+    is_plain,
+    key_function,
+    private,
+)
+from ._codegen import Cursor
+from ._engine import Hook, Run, UnitCall
+from ._failure import BLOCK, Failure
+from ._plan import LOOP, SCOPE, Call, Plan, Repeat, Scope
+
+__all__ = ["CacheHook", "cache_hooks"]
+
+Values = dict[str, Any]
+
+
+def cache_hooks(cache: Cache | None) -> tuple[Hook, ...]:
+    """The hooks a run with *cache* needs (none without one)."""
+    return () if cache is None else (CacheHook(cache),)
+
+
+class CacheHook(Hook):
+    """Serves unchanged units of one run from *cache*; keeps the run's keys."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.keys: dict[str, bytes] = {}  # the key of each value produced or fingerprinted
+        self.uncached = 0  # > 0 inside a unit cached as a whole (a loop)
+
+    def wrap(self, call: UnitCall, run: Run) -> UnitCall:
+        def cached(plan: Plan, values: Values, at: Cursor | None) -> None:
+            kind = plan.kind
+            if kind == BLOCK:
+                assert isinstance(plan, Call)
+                self._block(plan, values, at, call, run)
+            elif kind == LOOP:
+                assert isinstance(plan, Repeat)
+                self._loop(plan, values, at, call, run)
+            elif kind == SCOPE:
+                assert isinstance(plan, Scope)
+                self._scope(plan, values, at, call)
+            else:
+                call(plan, values, at)
+
+        return cached
+
+    # -- units ---------------------------------------------------------------------------
+
+    def _block(
+        self, plan: Call, values: Values, at: Cursor | None, call: UnitCall, run: Run
+    ) -> None:
+        cache = self.cache
+        check = cache.check_inplace
+        if self.uncached:
+            _checked(call, plan, values, at, check)
+            return
+        for name, value in plan.bound:
+            values[name] = value  # as running the block does first; keyed afresh below
+            self.keys.pop(name, None)
+        key = None
+        if plan.cacheable:
+            key = _key(plan, self.keys, values, cache.hash_tensors)
+            entry = None if key is None else cache.get(key)
+            if entry is not None:
+                self._serve(run, entry, values, plan)
+                return
+        generators = generators_in(values[n] for n in plan.inputs if n in values)
+        _checked(call, plan, values, at, check)
+        self._remember(key, values, plan, generators)
+
+    def _loop(
+        self, plan: Repeat, values: Values, at: Cursor | None, call: UnitCall, run: Run
+    ) -> None:
+        if self.uncached:
+            call(plan, values, at)
+            return
+        callbacks = bool(run.on_step) or plan.on_step is not None or run.sink is not None
+        key = None
+        if plan.cacheable and at is None and not callbacks:
+            # A resumed loop started from a state mid-way, and callbacks may change the
+            # values: neither result may be filed under the loop's inputs.
+            key = _key(plan, self.keys, values, self.cache.hash_tensors)
+            entry = None if key is None else self.cache.get(key)
+            if entry is not None:
+                self._serve(run, entry, values, plan)
+                return
+        generators = generators_in(values[n] for n in plan.inputs if n in values)
+        self.uncached += 1
+        try:
+            call(plan, values, at)
+        finally:
+            self.uncached -= 1
+        self._remember(key, values, plan, generators)
+
+    def _scope(self, plan: Scope, values: Values, at: Cursor | None, call: UnitCall) -> None:
+        keys = self.keys
+        for name, _ in plan.bound:
+            keys.pop(name, None)  # the bound value replaces whatever had the name
+        if not plan.renamed:
+            call(plan, values, at)
+            return
+        # The inner node sees its values' keys under its own names, and what it produced
+        # goes back under the outer ones.
+        self.keys = {i: keys[o] for i, o in plan.reads + plan.writes if o in keys}
+        try:
+            call(plan, values, at)
+        finally:
+            inner_keys, self.keys = self.keys, keys
+            for i, o in plan.writes:
+                if i in inner_keys:
+                    keys[o] = inner_keys[i]
+                else:
+                    keys.pop(o, None)  # a new value: the old key no longer names it
+
+    # -- serving and storing -------------------------------------------------------------
+
+    def _serve(self, run: Run, entry: Entry, values: Values, plan: Plan) -> None:
+        keys = self.keys
+        for name, value, output_key in zip(plan.outputs, entry.outputs, entry.keys):  # noqa: B905
+            # The stored copy stays private (runs may change theirs); plain values are immutable.
+            values[name] = value if type(value) in PLAIN else private(value)
+            keys[name] = output_key
+        if entry.generator_states:
+            # Leave the generators as running the unit would have: later draws stay the same.
+            generators = generators_in(values[n] for n in plan.inputs if n in values)
+            for generator, state in zip(generators, entry.generator_states, strict=False):
+                generator.set_state(state)
+        run.emit("cached")
+
+    def _remember(self, key: Key | None, values: Values, plan: Plan, generators: list[Any]) -> None:
+        if key is None:
+            for name in plan.outputs:
+                # Not stored: what follows may still be served if the value is the same plain
+                # value. Anything else is new on every run: fingerprinting it would be wasted.
+                value = values.get(name)
+                self.keys[name] = (fingerprint(value) if is_plain(value) else None) or fresh_key()
+            return
+        produced = tuple(values.get(name) for name in plan.outputs)
+        stored = self.cache.put(key, produced, tuple(g.get_state() for g in generators))
+        self.keys.update(zip(plan.outputs, stored, strict=True))
+
+
+def _key(plan: Plan, keys: dict[str, bytes], values: Values, hash_tensors: bool) -> Key | None:
+    function = plan.__dict__.get("_key_function")
+    if function is None:
+        function = plan.__dict__["_key_function"] = key_function(plan.inputs)
+    identity: bytes = plan.node._identity
+    return function(identity, keys, values, hash_tensors)
+
+
+def _checked(call: UnitCall, plan: Call, values: Values, at: Cursor | None, check: bool) -> None:
+    """Run a block; with *check*, fail when it changed one of its input tensors in place."""
+    if not check:
+        call(plan, values, at)
+        return
+    before = _contents(values, plan.inputs)
+    call(plan, values, at)
+    # The same tensor objects as before the block (an output may have replaced the name).
+    changed = [n for n, (tensor, digest) in before.items() if _digest_of(tensor) != digest]
+    if changed:
+        listed = ", ".join(f"`{n}`" for n in changed)
+        msg = (
+            f"changed its input {listed} in place. Values are shared between states and "
+            "cached results, so a block must return new tensors (use `x = x + 1`, not "
+            "`x += 1`, or `.clone()` first)."
+        )
+        raise Failure(BLOCK, RuntimeError(msg), message=msg, block=plan.name)
+
+
+def _digest_of(tensor: Any) -> bytes | None:
+    return fingerprint(tensor, hash_tensors=True)
+
+
+def _contents(values: Values, inputs: tuple[str, ...]) -> dict[str, tuple[Any, bytes | None]]:
+    import torch
+
+    return {
+        name: (values[name], _digest_of(values[name]))
+        for name in inputs
+        if isinstance(values.get(name), torch.Tensor)
+    }

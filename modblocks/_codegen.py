@@ -1,0 +1,424 @@
+"""The one code generator: a plan becomes Python functions that run it on a dict of values.
+
+Each plan gets two functions, generated from the same description on first use:
+
+- the *plain* one, ``f(v, run)``: straight-line code, with a sequence's blocks inlined as a
+  hand-written pipeline would call them. Runs without hooks take it.
+- the *hooked* one, ``f(v, run, at)``: the same steps, each unit handed to ``run.unit`` so the
+  run's hooks (events, cache, cancellation, offloading, ...) wrap it, and able to start at a
+  cursor ``at`` (resume). Runs with any hook or a ``resume=`` take it.
+
+Both raise only `Failure`; each node adds its segment on the way up. The source is registered
+with `linecache` (as attrs does), so tracebacks, pdb and coverage tools show it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import linecache
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from ._failure import BLOCK, CANCELLED, MISSING, TYPE, Failure
+from ._paths import Segment
+from ._plan import Call, Choice, Plan, Repeat, Scope, Seq
+from ._progress import open_bar
+from ._specs import NOTHING
+
+__all__ = ["Cursor", "Exec", "HookedExec", "fast", "hooked", "source_of"]
+
+Values: TypeAlias = dict[str, Any]
+Cursor: TypeAlias = tuple[int | None, tuple[Segment, ...]]
+"""Where a resumed unit starts: its own loop step (or None), and the path below it."""
+Exec: TypeAlias = Callable[[Values, Any], None]
+HookedExec: TypeAlias = Callable[[Values, Any, "Cursor | None"], None]
+
+_counter = itertools.count()
+
+
+def fast(plan: Plan) -> Exec:
+    """The plain function that runs *plan* (generated on first use, then kept on the plan)."""
+    found: Exec | None = plan.__dict__.get("_fast")
+    if found is None:
+        made: Exec = _generate(plan, hooked=False)
+        found = plan.__dict__["_fast"] = made
+    return found
+
+
+def hooked(plan: Plan) -> HookedExec:
+    """The function that runs *plan* with the run's hooks around each unit, from a cursor."""
+    found: HookedExec | None = plan.__dict__.get("_hooked")
+    if found is None:
+        made: HookedExec = _generate(plan, hooked=True)
+        found = plan.__dict__["_hooked"] = made
+    return found
+
+
+def source_of(plan: Plan, *, with_hooks: bool = False) -> str:
+    """The generated source of *plan*'s function (for debugging and the docs)."""
+    function = hooked(plan) if with_hooks else fast(plan)
+    filename = function.__code__.co_filename
+    return "".join(linecache.getlines(filename))
+
+
+def _generate(plan: Plan, *, hooked: bool) -> Any:
+    if isinstance(plan, Call):
+        lines, ns = _call_lines(plan, "")
+        ns["explain"] = plan.explain
+        return _define(_wrap_call(lines, hooked), ns, plan, "block")
+    if isinstance(plan, Seq):
+        return _sequence(plan, hooked=hooked)
+    if isinstance(plan, Repeat):
+        return _loop(plan, hooked=hooked)
+    if isinstance(plan, Choice):
+        return _switch(plan, hooked=hooked)
+    assert isinstance(plan, Scope)
+    return _scope(plan, hooked=hooked)
+
+
+def _define(source: str, namespace: dict[str, Any], plan: Plan, what: str) -> Any:
+    """Compile *source* (which defines ``run``) under a name that linecache can show."""
+    filename = f"<modblocks {what} {plan.name} #{next(_counter)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace.update(Failure=Failure, NOTHING=NOTHING)
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
+    return namespace["run"]
+
+
+def _indent(lines: list[str], depth: int) -> str:
+    pad = "    " * depth
+    return "\n".join(pad + line for line in lines)
+
+
+# -- blocks --------------------------------------------------------------------------------
+
+
+def _call_lines(plan: Call, tag: str) -> tuple[list[str], dict[str, Any]]:
+    """Python lines that run the block *plan* on the values ``v`` (inlined by sequences)."""
+    ns: dict[str, Any] = {f"f{tag}": plan.fn, f"bad{tag}": plan.bad_result}
+    lines: list[str] = []
+    for pos, (key, value) in enumerate(plan.bound):
+        ns[f"b{tag}_{pos}"] = value
+        lines.append(f"v[{key!r}] = b{tag}_{pos}")
+    args: list[str] = []
+    for pos, arg in enumerate(plan.args):
+        if arg.bound is not None:
+            expr = f"b{tag}_{arg.bound}"
+        elif arg.default is NOTHING:
+            expr = f"v[{arg.key!r}]"
+        else:
+            ns[f"d{tag}_{pos}"] = arg.default
+            expr = f"v.get({arg.key!r}, d{tag}_{pos})"
+        args.append(f"{arg.param}={expr}" if arg.keyword else expr)
+    lines.append(f"r = f{tag}({', '.join(args)})")
+    if plan.single:
+        lines.append(f"v[{plan.outputs[0]!r}] = r")
+    elif plan.result is type(None):
+        lines.append(f"if r is not None: bad{tag}(r)")
+    else:
+        ns[f"T{tag}"] = plan.result
+        written = plan.outputs[: len(plan.outputs) - len(plan.bound)]
+        targets = ", ".join(f"v[{name!r}]" for name in written)
+        lines.append(f"if r.__class__ is not T{tag} and not isinstance(r, T{tag}): bad{tag}(r)")
+        lines.append(f"{targets}, = r")
+    return lines, ns
+
+
+def _wrap_call(lines: list[str], hooked: bool) -> str:
+    params = "v, run, at" if hooked else "v, run"
+    return (
+        f"def run({params}):\n"
+        "    try:\n"
+        f"{_indent(lines, 2)}\n"
+        "    except Failure:\n"
+        "        raise\n"
+        "    except Exception as exc:\n"
+        "        raise explain(exc, v) from None\n"
+    )
+
+
+# -- sequences -----------------------------------------------------------------------------
+
+
+def _sequence(plan: Seq, *, hooked: bool) -> Any:
+    """A sequence: its blocks inlined (plain), or each child handed to the hooks (hooked)."""
+    ns: dict[str, Any] = {}
+    lines: list[str] = []
+    for k, child in enumerate(plan.children):
+        body: list[str] = [f"k = {k}"]
+        for j, (name, default) in enumerate(plan.feeds[k]):
+            ns[f"fd_{k}_{j}"] = default
+            body.append(f"if {name!r} not in v: v[{name!r}] = fd_{k}_{j}")
+        if hooked:
+            ns[f"P_{k}"] = child
+            ns[f"L_{k}"] = plan.labels[k]
+            body.append(f"u(P_{k}, L_{k}, v, sub if j == {k} else None)")
+            lines.append(f"if j <= {k}:")
+            lines += ["    " + line for line in body]
+        elif isinstance(child, Call):
+            call_lines, call_ns = _call_lines(child, f"_{k}")
+            ns.update(call_ns)
+            lines += body + call_lines
+        else:
+            ns[f"x_{k}"] = fast(child)
+            lines += [*body, f"x_{k}(v, run)"]
+    children, labels = plan.children, plan.labels
+
+    def fail(exc: Exception, k: int, values: Values) -> Failure:
+        if isinstance(exc, Failure):
+            return exc.add(labels[k])
+        child = children[k]
+        failure = child.explain(exc, values) if isinstance(child, Call) else None
+        if not isinstance(failure, Failure):  # a hook raised: say so with its own error
+            failure = Failure(BLOCK, exc, block=labels[k])
+        return failure.add(labels[k])
+
+    positions = plan.positions
+
+    def enter(at: Cursor) -> tuple[int, Cursor | None]:
+        rest = at[1]
+        if not rest:
+            return 0, None
+        return positions[rest[0].name], (rest[0].step, rest[1:])
+
+    ns.update(fail=fail, enter=enter)
+    if hooked:
+        head = (
+            "def run(v, run, at):\n"
+            "    u = run.unit\n"
+            "    j, sub = (0, None) if at is None else enter(at)\n"
+            "    k = j\n"
+        )
+    else:
+        head = "def run(v, run):\n    k = 0\n"
+    source = (
+        f"{head}"
+        "    try:\n"
+        f"{_indent(lines, 2)}\n"
+        "    except Exception as exc:\n"
+        "        raise fail(exc, k, v) from None\n"
+    )
+    return _define(source, ns, plan, "sequence")
+
+
+# -- loops ---------------------------------------------------------------------------------
+
+
+def _length(items: Any, plan: Repeat) -> int:
+    try:
+        return len(items)
+    except TypeError:
+        msg = (
+            f"loop `{plan.name}` runs once per element of `{plan.over}`, which must be a sized "
+            f"collection (a list, tuple, tensor ...), but it is {type(items).__name__} "
+            f"{items!r:.60}. Give a list, e.g. `list(...)`."
+        )
+        raise Failure(TYPE, message=msg, node=plan.name, name=plan.over) from None
+
+
+def _loop(plan: Repeat, *, hooked: bool) -> Any:
+    """A loop: the body once per element of ``over``; the step numbers and elements hidden after.
+
+    Generated so that a loop that gives its body only ``t`` never spends a store on ``i``.
+    """
+    over, index, item = plan.over, plan.index, plan.item
+    hidden = [name for name in (index, item) if name is not None]
+    ns: dict[str, Any] = {
+        "BODY": plan.body if hooked else fast(plan.body),
+        "BODY_LABEL": plan.body_label,
+        "PLAN": plan,
+        "OPTION": plan.progress,
+        "open_bar": open_bar,
+        "length": _length,
+        "islice": itertools.islice,
+        "Segment": Segment,
+        "MISSING": MISSING,
+        "CANCELLED": CANCELLED,
+    }
+    sets: list[str] = []
+    if index is not None:
+        sets.append(f"v[{index!r}] = i")
+    if item is not None:
+        sets.append(f"v[{item!r}] = element")
+    saves = "".join(f"    s_{n} = v.get({n!r}, NOTHING)\n" for n in hidden)
+    restores = "".join(
+        f"        if s_{n} is NOTHING: v.pop({n!r}, None)\n        else: v[{n!r}] = s_{n}\n"
+        for n in hidden
+    )
+    named = plan.body_label is not None
+    add_body = "        f.add(BODY_LABEL)\n" if named else ""
+    if not hooked:
+        step = [*sets, "BODY(v, run)", "if bar is not None: bar.update(1)"]
+        source = (
+            "def run(v, run):\n"
+            f"    if {over!r} not in v:\n"
+            f"        raise Failure(MISSING, names=({over!r},), node=PLAN.name)\n"
+            f"    items = v[{over!r}]\n"
+            "    total = length(items, PLAN)\n"
+            "    bar = open_bar(total, PLAN.name, OPTION)\n"
+            f"{saves}"
+            "    i = 0\n"
+            "    try:\n"
+            "        for i, element in enumerate(items):\n"
+            f"{_indent(step, 3)}\n"
+            "    except Failure as f:\n"
+            f"{add_body}"
+            "        raise f.at_step(i) from None\n"
+            "    finally:\n"
+            "        if bar is not None: bar.close()\n"
+            f"{restores}"
+        )
+        return _define(source, ns, plan, "loop")
+    # The body's own cursor: past a named body's segment, or the path inside an anonymous one.
+    sub = "(rest[0].step, rest[1:])" if named else "(None, rest)"
+    step = [
+        "path[-1] = Segment(base.name, i)",
+        *sets,
+        "u(BODY, BODY_LABEL, v, sub)",
+        "sub = None",
+        "if bar is not None: bar.update(1)",
+        "if after(PLAN, i, element, total, v): break",
+        "if cancel is not None and cancel.cancelled and i + 1 < total:",
+        "    stop = i + 1",
+        "    break",
+    ]
+    source = (
+        "def run(v, run, at):\n"
+        "    u, after, cancel, path = run.unit, run.after_step, run.cancel, run.path\n"
+        "    base = path[-1]\n"
+        "    start, sub = 0, None\n"
+        "    if at is not None:\n"
+        "        start, rest = at[0] or 0, at[1]\n"
+        f"        sub = {sub} if rest else None\n"
+        f"    if {over!r} not in v:\n"
+        f"        raise Failure(MISSING, names=({over!r},), node=PLAN.name)\n"
+        f"    items = v[{over!r}]\n"
+        "    total = length(items, PLAN)\n"
+        "    bar = open_bar(total, PLAN.name, OPTION, initial=start)\n"
+        "    steps = enumerate(islice(items, start, None) if start else items, start)\n"
+        f"{saves}"
+        "    i, stop = start, None\n"
+        "    try:\n"
+        "        for i, element in steps:\n"
+        f"{_indent(step, 3)}\n"
+        "    except Failure as f:\n"
+        f"{add_body}"
+        "        raise f.at_step(i) from None\n"
+        "    finally:\n"
+        "        path[-1] = base\n"
+        "        if bar is not None: bar.close()\n"
+        f"{restores}"
+        "    if stop is not None:\n"
+        "        raise Failure(CANCELLED).at_step(stop)\n"
+    )
+    return _define(source, ns, plan, "loop")
+
+
+# -- switches and scopes -------------------------------------------------------------------
+
+
+def _switch(plan: Choice, *, hooked: bool) -> Any:
+    """A switch: choose a branch (or the one a cursor names), check it can run, run it."""
+    labels, required, choose = plan.labels, plan.required, plan.choose
+
+    def pick(values: Values) -> int | None:
+        try:
+            return choose(values)
+        except Failure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the select function failed
+            raise Failure(BLOCK, exc, block=f"{plan.name}.select") from None
+
+    def check(pos: int, values: Values) -> None:
+        if not required[pos].issubset(values):
+            names = tuple(sorted(required[pos].difference(values)))
+            why = f"switch `{plan.name}` chose branch `{labels[pos]}`, which needs it"
+            raise Failure(MISSING, names=names, node=labels[pos], why=why).add(labels[pos])
+
+    if not hooked:
+        branches = [fast(b) for b in plan.branches]
+
+        def run_switch(values: Values, run: Any) -> None:
+            pos = pick(values)
+            if pos is None:
+                return
+            check(pos, values)
+            try:
+                branches[pos](values, run)
+            except Failure as failure:
+                raise failure.add(labels[pos]) from None
+
+        return run_switch
+
+    def run_switch_hooked(values: Values, run: Any, at: Cursor | None) -> None:
+        sub: Cursor | None = None
+        if at is not None and at[1]:
+            # Resumed inside a branch: the one that ran, whatever the values say now.
+            pos = labels.index(at[1][0].name)
+            sub = (at[1][0].step, at[1][1:])
+        else:
+            chosen = pick(values)
+            if chosen is None:
+                return
+            pos = chosen
+        check(pos, values)
+        try:
+            run.unit(plan.branches[pos], labels[pos], values, sub)
+        except Failure as failure:
+            raise failure.add(labels[pos]) from None
+
+    return run_switch_hooked
+
+
+def _scope(plan: Scope, *, hooked: bool) -> Any:
+    """Bound values enter the state; with renames, the inner node runs on its own dict.
+
+    The inner dict holds just what the node reads, under its own names, so a renamed value
+    never shadows another one of the outer state. What it wrote goes back under the outer
+    names, also when it fails, so the error's state holds everything computed.
+    """
+    bound, reads, writes = plan.bound, plan.reads, plan.writes
+    inner_fast = None if hooked else fast(plan.inner)
+    outer_names = dict(plan.reads + plan.writes)
+
+    def write_back(inner: Values, values: Values) -> None:
+        for i, o in writes:
+            if i in inner:
+                values[o] = inner[i]
+
+    if not hooked:
+        assert inner_fast is not None
+        if not plan.renamed:
+
+            def run_bound(values: Values, run: Any) -> None:
+                values.update(bound)
+                inner_fast(values, run)
+
+            return run_bound
+
+        def run_renamed(values: Values, run: Any) -> None:
+            values.update(bound)
+            inner = {i: values[o] for i, o in reads if o in values}
+            try:
+                inner_fast(inner, run)
+            finally:
+                write_back(inner, values)
+
+        return run_renamed
+
+    def run_hooked(values: Values, run: Any, at: Cursor | None) -> None:
+        values.update(bound)
+        if not plan.renamed:
+            run.unit(plan.inner, None, values, at)
+            return
+        # A resumed node also reads back what it had written before it stopped.
+        names = reads if at is None else reads + writes
+        inner = {i: values[o] for i, o in names if o in values}
+        run.views.append((values, outer_names))
+        try:
+            run.unit(plan.inner, None, inner, at)
+        finally:
+            run.views.pop()
+            write_back(inner, values)
+
+    return run_hooked
