@@ -26,6 +26,7 @@ from ._codegen import Cursor
 from ._engine import Hook, Run, UnitCall
 from ._failure import BLOCK, Failure
 from ._plan import LOOP, SCOPE, Call, Plan, Repeat, Scope
+from ._specs import NOTHING
 
 __all__ = ["CacheHook", "cache_hooks"]
 
@@ -135,6 +136,8 @@ class CacheHook(Hook):
     def _serve(self, run: Run, entry: Entry, values: Values, plan: Plan) -> None:
         keys = self.keys
         for name, value, output_key in zip(plan.outputs, entry.outputs, entry.keys):  # noqa: B905
+            if value is NOTHING:
+                continue  # the unit did not make it (a switch's branch that makes no such value)
             # The stored copy stays private (runs may change theirs); plain values are immutable.
             values[name] = value if type(value) in PLAIN else private(value)
             keys[name] = output_key
@@ -148,12 +151,14 @@ class CacheHook(Hook):
     def _remember(self, key: Key | None, values: Values, plan: Plan, generators: list[Any]) -> None:
         if key is None:
             for name in plan.outputs:
+                if name not in values:
+                    continue
                 # Not stored: what follows may still be served if the value is the same plain
                 # value. Anything else is new on every run: fingerprinting it would be wasted.
-                value = values.get(name)
+                value = values[name]
                 self.keys[name] = (fingerprint(value) if is_plain(value) else None) or fresh_key()
             return
-        produced = tuple(values.get(name) for name in plan.outputs)
+        produced = tuple(values.get(name, NOTHING) for name in plan.outputs)
         stored = self.cache.put(key, produced, tuple(g.get_state() for g in generators))
         self.keys.update(zip(plan.outputs, stored, strict=True))
 

@@ -407,7 +407,12 @@ def _scope(plan: Scope, *, hooked: bool) -> Any:
         return run_renamed
 
     def run_hooked(values: Values, run: Any, at: Cursor | None) -> None:
-        values.update(bound)
+        if at is None:
+            values.update(bound)
+        else:
+            # Resumed inside: the values were bound when the node started, and what it has
+            # written since (under those names too) is in the state: keep it.
+            values.update((k, v) for k, v in bound if k not in values)
         if not plan.renamed:
             run.unit(plan.inner, None, values, at)
             return

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import attrs
 
 from ._cachehook import cache_hooks
-from ._engine import CancelToken, OnStep, execute
+from ._engine import CancelToken, OnStep, execute, run_plain
 from ._events import Event
 from ._names import check_identifier, did_you_mean, listed
 from ._paths import Path, parse
@@ -341,6 +341,15 @@ class Node:
             BlockError: a block raised; ``err.state`` holds the values computed before.
             CancelledError: *cancel* was cancelled; ``err.path`` is the first unit not run.
         """
+        if (
+            state is None
+            and on_step is None
+            and events is None
+            and cancel is None
+            and cache is None
+            and resume is None
+        ):
+            return run_plain(self, inputs)  # `inputs` is this call's own dict: it is handed over
         return execute(
             self,
             state,

@@ -108,9 +108,15 @@ def block_interface(
         if renames.get(s.name, s.name) not in bound
     )
     outs = tuple(attrs.evolve(s, name=renames.get(s.name, s.name)) for s in outputs)
-    if len({s.name for s in outs}) < len(outs):
-        msg = f"renaming block `{label}` gives two of its outputs the same name."
-        raise WiringError(msg, producer=label)
+    for specs, what in ((ins, "inputs"), (outs, "outputs")):
+        names = [s.name for s in specs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            msg = (
+                f"renaming block `{label}` gives two of its {what} the name `{twice[0]}`. "
+                "Rename to a name it doesn't use yet."
+            )
+            raise WiringError(msg, name=twice[0], producer=label)
     return _check_names(Interface(ins, outs, bound=tuple(bound)), label)
 
 
@@ -119,6 +125,7 @@ def adapted_interface(
 ) -> Interface:
     """The interface of a node seen through renames (inner → outer name) and bound values."""
     bound_names = tuple(bound)
+    _check_aliases(inner, renames, label)
     inputs: dict[str, InputSpec] = {}
     for spec in inner.inputs:
         name = renames.get(spec.name, spec.name)
@@ -138,6 +145,25 @@ def adapted_interface(
         maybe=frozenset(renames.get(n, n) for n in inner.maybe),
     )
     return _check_names(iface, label)
+
+
+def _check_aliases(inner: Interface, renames: Mapping[str, str], label: str) -> None:
+    """Reject renames that give a value the node writes the outer name of another of its values.
+
+    Inside the node the two stay apart, but the run's state (an error's state, a resume) holds
+    one value per name and could not tell them apart. Inputs may share a name: both read it.
+    """
+    outer_of: dict[str, list[str]] = {}
+    for name in dict.fromkeys((*(s.name for s in inner.inputs), *inner.provides)):
+        outer_of.setdefault(renames.get(name, name), []).append(name)
+    for outer, names in outer_of.items():
+        if len(names) > 1 and any(n in inner.provides for n in names):
+            msg = (
+                f"renaming `{label}` gives its values {', '.join(f'`{n}`' for n in names)} one "
+                f"name, `{outer}`, and it writes one of them: they would overwrite each other. "
+                "Rename to a name the node doesn't use."
+            )
+            raise WiringError(msg, name=outer, producer=label)
 
 
 # -- sequences -----------------------------------------------------------------------------

@@ -181,3 +181,121 @@ plain_values = st.one_of(
     st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=3)
 )
 value_dicts = st.dictionaries(identifiers, plain_values, max_size=6)
+
+
+# -- nested nodes, with failures injected ----------------------------------------------------
+
+NESTED_VALUES = ("a", "b", "c")
+LOOP_GIVES = ("i", "t")
+NODE_NAMES = ("p", "q", "r")
+NESTED_DEFAULTS = {"a": 1, "b": 2, "c": 3, "i": 0, "t": 0}
+
+
+class Injector:
+    """Counts block calls across a run; the call numbered `fail_at` raises before any work."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail_at: int | None = None
+
+    def reset(self, fail_at: int | None = None) -> None:
+        self.calls, self.fail_at = 0, fail_at
+
+    def enter(self, name: str) -> None:
+        call = self.calls
+        self.calls += 1
+        if call == self.fail_at:
+            msg = f"injected failure in {name} (call {call})"
+            raise RuntimeError(msg)
+
+
+INJECTOR = Injector()
+
+
+def _nested_block(
+    name: str, reads: tuple[str, ...], writes: tuple[str, ...], salt: int, draws: bool
+) -> mb.Block[..., Any]:
+    """A block reading *reads* (each with a default), writing *writes*; with *draws*, it also
+    draws from the torch generator ``rng`` (state that a resumed run must not share)."""
+    params = [f"{n}: int = {NESTED_DEFAULTS[n]}" for n in reads]
+    if draws:
+        params.append("rng: 'torch.Generator | None' = None")
+    out = typing.NamedTuple(f"{name.capitalize()}Out", [(w, int) for w in writes])  # type: ignore[misc]
+    args = ", ".join(f"{n!r}: {n}" for n in reads)
+    source = (
+        f"def {name}({'*, ' if params else ''}{', '.join(params)}) -> Out:\n"
+        f"    INJECTOR.enter({name!r})\n"
+        f"    base = sum((k + 1) * v for k, v in enumerate({{{args}}}.values()))\n"
+        + (
+            "    base += int(torch.randint(0, 1000, (1,), generator=rng)) if rng is not None else 0\n"
+            if draws
+            else ""
+        )
+        + f"    return Out(*((({salt} * 31 + j + base) % 10007) for j in range({len(writes)})))\n"
+    )
+    import torch
+
+    namespace: dict[str, Any] = {
+        "Out": out,
+        "INJECTOR": INJECTOR,
+        "torch": torch,
+        "__name__": __name__,
+    }
+    exec(compile(source, f"<nested block {name}>", "exec", dont_inherit=True), namespace)  # noqa: S102
+    return mb.block(namespace[name], name=name)
+
+
+@st.composite
+def nested_nodes(draw: st.DrawFn, depth: int = 0) -> mb.Node:
+    """A random tree of blocks, sequences (anonymous and named), switches, loops and adapters.
+
+    Every input has a default, so any tree runs; ``flag`` picks switch branches, loops go over
+    ``ts`` giving ``i`` and ``t``, and some blocks draw from the generator ``rng``.
+    """
+    kinds = ["block", "block"]
+    if depth < 3:
+        kinds += ["seq", "named", "switch", "loop", "bind", "rename"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "block":
+        reads = tuple(
+            draw(st.lists(st.sampled_from(NESTED_VALUES + LOOP_GIVES), unique=True, max_size=3))
+        )
+        writes = tuple(
+            draw(st.lists(st.sampled_from(NESTED_VALUES), unique=True, min_size=1, max_size=2))
+        )
+        return _nested_block(
+            draw(st.sampled_from(BLOCK_NAMES)),
+            reads,
+            writes,
+            draw(st.integers(0, 99)),
+            draw(st.booleans()),
+        )
+    if kind in ("seq", "named"):
+        children = draw(st.lists(nested_nodes(depth + 1), min_size=1, max_size=3))
+        seq = mb.Sequential(children)
+        return seq.named(draw(st.sampled_from(NODE_NAMES))) if kind == "named" else seq
+    if kind == "switch":
+        branch, default = draw(nested_nodes(depth + 1)), draw(nested_nodes(depth + 1))
+        return mb.switch({"flag": branch}, default=default, name=draw(st.sampled_from(NODE_NAMES)))
+    if kind == "loop":
+        return mb.loop(
+            draw(nested_nodes(depth + 1)),
+            over="ts",
+            progress=False,
+            name=draw(st.sampled_from(NODE_NAMES)),
+        )
+    inner = draw(nested_nodes(depth + 1))
+    if kind == "bind":
+        names = [s.name for s in inner.inputs if s.name in NESTED_VALUES]
+        if not names:
+            return inner
+        return inner.bind(**{draw(st.sampled_from(names)): draw(st.integers(0, 9))})
+    old = draw(st.sampled_from(NESTED_VALUES))
+    new = draw(st.sampled_from([n for n in NESTED_VALUES if n != old]))
+    known = {s.name for s in (*inner.inputs, *inner.outputs)}
+    if old not in known or new in known:
+        return inner
+    try:
+        return inner.rename(**{old: new})
+    except mb.WiringError:  # the new name aliases a value bound inside: refused, rightly
+        return inner
