@@ -227,7 +227,8 @@ def _nested_block(
         f"    INJECTOR.enter({name!r})\n"
         f"    base = sum((k + 1) * v for k, v in enumerate({{{args}}}.values()))\n"
         + (
-            "    base += int(torch.randint(0, 1000, (1,), generator=rng)) if rng is not None else 0\n"
+            "    if rng is not None:\n"
+            "        base += int(torch.randint(0, 1000, (1,), generator=rng))\n"
             if draws
             else ""
         )

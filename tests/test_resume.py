@@ -99,15 +99,18 @@ def test_resume_after_a_cancel_equals_the_uninterrupted_run(node, flag, data):
                 token.cancel()
 
     INJECTOR.reset()
+    cancelled: mb.CancelledError | None = None
     try:
         node.run(**_accepted(node, _inputs(flag)), cancel=token, events=events)
     except mb.CancelledError as err:
-        # Nothing after the cancel ran; the path names the first unit that did not.
-        assert INJECTOR.calls == stop_after
-        assert _plain(node.run(err.state, resume=err.path)) == expected
-        assert _plain(node.run(err.state, resume=err.path)) == expected
-    else:  # cancelled after the last unit: nothing was left to stop
+        cancelled = err
+    if cancelled is None:  # cancelled after the last unit: nothing was left to stop
         assert INJECTOR.calls == calls
+        return
+    # Nothing after the cancel ran; the path names the first unit that did not.
+    assert INJECTOR.calls == stop_after
+    assert _plain(node.run(cancelled.state, resume=cancelled.path)) == expected
+    assert _plain(node.run(cancelled.state, resume=cancelled.path)) == expected
 
 
 @given(nested_nodes(), st.booleans(), st.data())
