@@ -131,7 +131,8 @@ class Switch(Composite):
 
     # -- editing: branches are sub-nodes ----------------------------------------------------
 
-    def _with_child(self, name: str, node: Node) -> Node:
+    def _with_child(self, name: str, node: Node, *, keep_name: bool = True) -> Node:
+        del keep_name  # a branch keeps its label, so the node takes it as its name
         self._child(name)
         labels: tuple[str, ...] = self.__dict__["_labels"]
         new = node.named(name)
@@ -288,11 +289,11 @@ class Loop(Composite):
 
     # -- editing: the body's sub-blocks are the loop's ---------------------------------------
 
-    def _with_child(self, name: str, node: Node) -> Node:
+    def _with_child(self, name: str, node: Node, *, keep_name: bool = True) -> Node:
         if self.body._named:
             self._child(name)
-            return attrs.evolve(self, body=node.named(name))
-        return attrs.evolve(self, body=self.body._with_child(name, node))
+            return attrs.evolve(self, body=node.named(name) if keep_name else node)
+        return attrs.evolve(self, body=self.body._with_child(name, node, keep_name=keep_name))
 
     def _edit_child(self, name: str, op: tuple[Any, ...]) -> Node:
         if not self.body._named:

@@ -236,15 +236,19 @@ class Node:
         if kind == "replace":
             return self._with_child(name, op[1])
         if kind == "insert":
-            return self._with_child(name, _joined(child, op[1], op[2], op[3]))
+            return self._with_child(name, _joined(child, op[1], op[2], op[3]), keep_name=False)
         msg = (
             f"can't remove `{name}` from `{self._label}`: it is not in a sequence. Replace it, "
             f"or remove the whole `{self._label}`."
         )
         raise WiringError(msg, name=name, consumer=self._label)
 
-    def _with_child(self, name: str, node: Node) -> Node:  # noqa: ARG002 - composites override
-        """A copy with the direct sub-node *name* replaced by *node* (overridden by composites)."""
+    def _with_child(self, name: str, node: Node, *, keep_name: bool = True) -> Node:  # noqa: ARG002
+        """A copy with the direct sub-node *name* replaced by *node* (composites override).
+
+        With *keep_name*, *node* takes the old one's name; without, it keeps its own (the
+        sequence an insert made around a loop's body is no sub-block of its own).
+        """
         self._child(name)  # raises: a block has no sub-nodes
         raise AssertionError  # pragma: no cover
 
@@ -590,7 +594,8 @@ class Sequential(Composite):
             self._child(name)  # raises, with a suggestion
         return labels.index(name)
 
-    def _with_child(self, name: str, node: Node) -> Node:
+    def _with_child(self, name: str, node: Node, *, keep_name: bool = True) -> Node:
+        del keep_name  # a sequence holds its sub-nodes by name: the name always stays
         nodes = self._as_named()
         nodes[self._position(name)] = node.named(name)
         return self._rebuilt(nodes)

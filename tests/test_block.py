@@ -413,3 +413,49 @@ def test_block_repr_mentions_name_inputs_outputs_and_description():
     assert "a, b" in text
     assert "total, count" in text
     assert "Sum two numbers" in text
+
+
+@pytest.mark.parametrize("option", ["cache", "events", "cancel", "on_step", "resume"])
+def test_block_inputs_and_outputs_cannot_take_the_name_of_a_run_option(option):
+    source = f"def f(x: int, {option}: int = 1) -> int:\n    return x\n"
+    namespace: dict[str, object] = {}
+    exec(source, namespace)  # noqa: S102 - a parameter named by the test
+    with pytest.raises(mb.DefinitionError, match=f"parameter `{option}`.*option of `run") as info:
+        mb.block(namespace["f"], output="y")
+    assert info.value.parameter == option
+    with pytest.raises(mb.DefinitionError, match=f"output `{option}`"):
+        mb.block(lambda x: x, name="g", output=option)
+
+    @mb.block(output="y")
+    def g(x: int) -> int:
+        return x
+
+    with pytest.raises(mb.WiringError, match=f"value called `{option}`"):
+        g.rename(x=option)
+
+
+def test_async_and_generator_functions_are_not_blocks():
+    async def co(y: int) -> int:
+        return y
+
+    def gen(y: int) -> Any:
+        yield y
+
+    with pytest.raises(mb.DefinitionError, match="`async def` functions can't be blocks"):
+        mb.block(co, output="y")
+    with pytest.raises(mb.DefinitionError, match="generator functions"):
+        mb.block(gen, output="y")
+
+
+def test_block_output_must_be_a_name():
+    with pytest.raises(mb.DefinitionError, match="is not a valid value name"):
+        mb.block(lambda x: x, name="f", output=123)  # type: ignore[call-overload]
+
+
+def test_renaming_a_block_input_onto_another_input_is_refused():
+    @mb.block(output="y")
+    def f(a: int, b: int) -> int:
+        return a + b
+
+    with pytest.raises(mb.WiringError, match="two of its inputs the name `b`"):
+        f.rename(a="b")

@@ -499,3 +499,72 @@ def test_loop_pickles_by_value():
     clone = pickle.loads(pickle.dumps(lp))
     assert clone is not lp
     assert clone.run(latents=0, timesteps=[1, 2])["latents"] == 12
+
+
+def test_step_states_handed_to_callbacks_never_change():
+    @mb.block(output="x")
+    def add(x: int, t: int) -> int:
+        return x + t
+
+    kept: list[tuple[mb.State, dict[str, Any]]] = []
+
+    def on_step(step: mb.Step) -> dict[str, int]:
+        kept.append((step.state, dict(step.state)))
+        return {"x": 1000}
+
+    final = mb.loop(add, over="ts", progress=False).run(x=0, ts=[1, 2], on_step=on_step)
+    assert final["x"] == 1000
+    for state, seen in kept:
+        assert dict(state) == seen  # the state the callback got is the state it keeps
+
+
+def test_callbacks_after_one_that_changes_values_see_a_new_state():
+    @mb.block(output="x")
+    def add(x: int, t: int) -> int:
+        return x + t
+
+    first: list[mb.State] = []
+    second: list[mb.State] = []
+
+    def change(step: mb.Step) -> dict[str, int]:
+        first.append(step.state)
+        return {"x": -1}
+
+    lp = mb.loop(add, over="ts", progress=False, on_step=change)
+    lp.run(x=0, ts=[5], on_step=lambda s: second.append(s.state))
+    assert first[0]["x"] == 5
+    assert second[0]["x"] == -1
+    assert first[0] is not second[0]
+
+
+def test_loop_errors_are_named_before_the_body_runs():
+    @mb.block(output="y")
+    def inc(y: int) -> int:
+        return y + 1
+
+    lp = mb.loop(inc, over="ts", item=None, progress=False, name="lp")
+    for bad in (5, None, (i for i in range(3))):
+        with pytest.raises(mb.InputTypeError, match="sized collection") as info:
+            lp.run(ts=bad, y=0)
+        assert isinstance(info.value, TypeError)
+        assert info.value.state["y"] == 0
+    with pytest.raises(mb.WiringError, match="`over` names the state value"):
+        mb.loop(inc, over=None)  # type: ignore[arg-type]
+    with pytest.raises(mb.WiringError, match="both `k`"):
+        mb.loop(inc, over="ts", index="k", item="k")
+
+
+def test_missing_input_of_a_loop_body_hints_at_the_names_the_loop_gives():
+    @mb.block(output="latents")
+    def step(latents: int, timestep: int) -> int:
+        return latents + timestep
+
+    lp = mb.loop(step, over="timesteps", name="denoise", progress=False)
+    with pytest.raises(mb.MissingInputError, match="missing required input `timestep`") as info:
+        lp.run(latents=0, timesteps=[1, 2])
+    message = str(info.value)
+    assert "gives its body `i` (the step number) and `t` (the element)" in message
+    assert "item='timestep'" in message
+    # The hint reaches loops nested in sequences too.
+    with pytest.raises(mb.MissingInputError, match="gives its body"):
+        (mb.block(lambda: 0, name="zero", output="latents") >> lp).run(timesteps=[1])

@@ -3,6 +3,7 @@
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -556,3 +557,79 @@ def test_from_pretrained_loads_a_weights_variant(tmp_path):
     assert all(
         torch.equal(v, original[k]) for k, v in loaded.components["unet"].state_dict().items()
     )
+
+
+def test_pipeline_output_names_are_checked_before_anything_runs():
+    ran: list[str] = []
+
+    @mb.block(output="y")
+    def slow(x: int) -> int:
+        ran.append("slow")
+        return x + 1
+
+    pipe = mb.Pipeline(slow)
+    with pytest.raises(mb.UnknownOutputError, match="produces no value `images`") as info:
+        pipe(x=1, output="images")
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(mb.UnknownOutputError, match="`imgs`"):
+        pipe(x=1, output=["y", "imgs"])
+    with pytest.raises(mb.UnknownOutputError, match="a string, a list of strings or None"):
+        pipe(x=1, output=3)  # type: ignore[call-overload]
+    with pytest.raises(mb.UnknownOutputError, match="Did you mean `y`"):
+        pipe(x=1, output="yy")
+    assert ran == []
+    assert pipe(x=1, output="y") == 2
+    assert pipe(x=1, output="x") == 1  # inputs are in the final state too
+
+
+def test_pipeline_output_a_branch_did_not_make_keeps_the_state():
+    @mb.block(output="y")
+    def make(x: int) -> int:
+        return x
+
+    @mb.block(output="z")
+    def other(x: int) -> int:
+        return -x
+
+    pipe = mb.Pipeline(mb.switch({"flag": make}, default=other))
+    with pytest.raises(mb.UnknownOutputError, match="produced no value `y`") as info:
+        pipe(x=1, output="y")
+    assert info.value.state["z"] == -1  # the run's result is not lost
+
+
+def test_pipeline_refuses_blocks_reading_an_input_called_output():
+    @mb.block(output="y")
+    def h(output: int) -> int:
+        return output
+
+    with pytest.raises(mb.WiringError, match="input called `output`"):
+        mb.Pipeline(h)
+    assert mb.Pipeline(h.rename(output="out"))(out=3, output="y") == 3
+
+
+def test_pipeline_resume_keeps_the_runs_own_copy_of_a_component():
+    @mb.block
+    def prepare(counter: mb.Component[list[int]]) -> PreparedCounter:
+        return PreparedCounter([*counter, 0])
+
+    fail = [True]
+
+    @mb.block(output="total")
+    def use(counter: list[int]) -> int:
+        if fail[0]:
+            raise RuntimeError("flaky")
+        return len(counter)
+
+    pipe = mb.Pipeline(prepare >> use, components={"counter": [1, 2]})
+    with pytest.raises(mb.BlockError) as info:
+        pipe()
+    # The run's copy stays in the error's state (the bound one is stripped).
+    assert info.value.state["counter"] == [1, 2, 0]
+    fail[0] = False
+    assert pipe.run(info.value.state, resume=info.value.path)["total"] == 3
+    # Results hold what the run made under the name, never the bound component itself.
+    assert pipe()["counter"] == [1, 2, 0]
+
+
+class PreparedCounter(NamedTuple):
+    counter: list[int]

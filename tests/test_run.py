@@ -585,3 +585,15 @@ def test_run_tensors_not_cloned():
     assert final["t"] is tensor
     assert final["same"] is tensor
     assert final["again"] is tensor
+
+
+def test_run_takes_a_mapping_as_its_state():
+    @mb.block(output="y")
+    def inc(y: int) -> int:
+        return y + 1
+
+    with pytest.raises(mb.InputTypeError, match="not list") as info:
+        (inc >> inc).run([1, 2])  # type: ignore[arg-type]
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(mb.InputTypeError, match="not strings"):
+        inc.run({1: 2})  # type: ignore[dict-item]

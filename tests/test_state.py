@@ -303,3 +303,20 @@ def test_state_passed_to_a_run_is_never_changed(specs, data):
     assert all(start[name] is value for name, value in before)
     assert final is not start
     assert final["extra"] is start["extra"]  # shared, not copied
+
+
+def test_state_names_are_strings():
+    with pytest.raises(mb.InputTypeError, match="names its values with strings, not 1, None"):
+        mb.State({1: 2, None: 3})  # type: ignore[dict-item]
+
+
+def test_state_says_how_to_change_it():
+    state = mb.State(a=1)
+    with pytest.raises(mb.FrozenStateError, match=r"state.evolve\(a=...\)") as info:
+        state.a = 2
+    assert isinstance(info.value, attrs.exceptions.FrozenInstanceError)
+    with pytest.raises(mb.FrozenStateError, match=r"evolve\(\{'a': ...\}\)") as info:
+        state["a"] = 2  # type: ignore[index]
+    assert isinstance(info.value, TypeError)
+    assert state.evolve(a=2)["a"] == 2
+    assert state["a"] == 1

@@ -559,3 +559,18 @@ def test_switch_component_with_compatible_types():
     sw = mb.switch({"x": tiny}, default=same)
     assert sw.run(x=1, m=TinyVae())["out"] == "tiny"
     assert sw.run(y=1, m=Vae())["out"] == "same"
+
+
+def test_switch_arguments_are_checked_when_built():
+    @mb.block(output="y")
+    def inc(y: int) -> int:
+        return y + 1
+
+    with pytest.raises(mb.WiringError, match="`branches` maps trigger inputs"):
+        mb.switch(None)  # type: ignore[arg-type]
+    with pytest.raises(mb.WiringError, match="`select` must be a function"):
+        mb.switch(select=3, branches={"a": inc})  # type: ignore[arg-type]
+    with pytest.raises(mb.WiringError, match="`default` is 3, not a node"):
+        mb.switch({"a": inc}, default=3)  # type: ignore[arg-type]
+    with pytest.raises(mb.WiringError, match="branch key 1"):
+        mb.switch({1: inc})  # type: ignore[dict-item]

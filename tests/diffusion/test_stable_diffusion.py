@@ -139,3 +139,26 @@ def test_stable_diffusion_pickles_and_runs_the_same(components, generators):
     expected = stable_diffusion.run(**components, **kwargs, generator=generators(None))
     actual = shipped.run(**components, **kwargs, generator=generators(None))
     np.testing.assert_array_equal(actual["images"], expected["images"])
+
+
+def test_a_block_after_the_scheduler_step_is_one_line(components, generators):
+    import modblocks as mb
+
+    @mb.block(output="latents")
+    def clamp(latents: torch.Tensor) -> torch.Tensor:
+        return latents.clamp(-0.5, 0.5)
+
+    edited = stable_diffusion.insert(clamp, after="text2img > denoise > scheduler_step")
+    assert edited["text2img > denoise"].names == (
+        "scale_model_input",
+        "predict_noise",
+        "scheduler_step",
+        "clamp",
+    )
+    inputs = {"prompt": "a cat", "height": 32, "width": 32, "num_inference_steps": 2}
+    latents = edited.run(**components, generator=generators(None), output_type="latent", **inputs)
+    plain = stable_diffusion.run(
+        **components, generator=generators(None), output_type="latent", **inputs
+    )
+    assert latents["images"].abs().max() <= 0.5
+    assert not torch.equal(latents["images"], plain["images"])
