@@ -1,4 +1,4 @@
-"""Editing by path: ``node[path]``, `replace`, `insert`, `remove` through sequences, switches, loops.
+"""Editing by path (`node[path]`, `replace`, `insert`, `remove`) through every kind of node.
 
 Every edit returns a new node; the old one is unchanged, and every other setting (names, loop
 progress and callbacks, switch triggers and defaults) is kept.
