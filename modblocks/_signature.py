@@ -113,7 +113,8 @@ def _check_function_type(fn: object, name: str) -> None:
         )
         raise DefinitionError(msg, function=name)
     parts = fn.__qualname__.split(".")
-    if len(parts) > 1 and parts[-2] != "<locals>":
+    # `<locals>`, `<genexpr>`, `<lambda>` ... are scopes of functions; any other part is a class.
+    if len(parts) > 1 and not parts[-2].startswith("<"):
         msg = (
             f"block `{name}`: `{fn.__qualname__}` is defined in a class body, so it would be a "
             "method. Define the block as a function outside the class."

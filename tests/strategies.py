@@ -300,3 +300,91 @@ def nested_nodes(draw: st.DrawFn, depth: int = 0) -> mb.Node:
         return inner.rename(**{old: new})
     except mb.WiringError:  # the new name aliases a value bound inside: refused, rightly
         return inner
+
+
+# -- chains with switches ----------------------------------------------------------------------
+
+SWITCH_DEFAULT = 4  # every optional input of a switch chain has this default, so branches agree
+
+
+@attrs.frozen
+class SwitchSpec:
+    """A switch in a chain: `branch` runs when ``flag`` is given, else `default` (or nothing)."""
+
+    branch: BlockSpec
+    default: BlockSpec | None
+
+    @property
+    def branches(self) -> tuple[BlockSpec, ...]:
+        return (self.branch,) if self.default is None else (self.branch, self.default)
+
+
+def _same_defaults(spec: BlockSpec) -> BlockSpec:
+    return attrs.evolve(spec, optional=tuple((n, SWITCH_DEFAULT) for n, _ in spec.optional))
+
+
+@st.composite
+def switch_chains(draw: st.DrawFn, max_size: int = 5) -> list[BlockSpec | SwitchSpec]:
+    """Chains of blocks and switches of blocks (optional inputs all defaulting alike)."""
+    specs = block_specs().map(_same_defaults)
+    element = st.one_of(specs, st.builds(SwitchSpec, specs, st.one_of(st.none(), specs)))
+    return draw(st.lists(element, min_size=1, max_size=max_size))
+
+
+def build_element(element: BlockSpec | SwitchSpec) -> mb.Node:
+    """The block, or the switch, a user would write for *element*."""
+    if isinstance(element, BlockSpec):
+        return build_block(element)
+    default = None if element.default is None else build_block(element.default)
+    return mb.switch({"flag": build_block(element.branch)}, default=default, name="sw")
+
+
+def reference_switch_wiring(
+    elements: Sequence[BlockSpec | SwitchSpec],
+) -> tuple[dict[str, bool], list[str]]:
+    """The chain's inputs (name → required) and outputs, from DESIGN §2 and §3 alone.
+
+    A switch reads what any branch reads; a name is required by it only when every branch
+    requires it and there is a default. It surely produces only what every branch produces
+    (with a default); a name it may not produce stays an input of the chain, not required.
+    """
+    definite: set[str] = set()  # produced for sure by an earlier element
+    maybe: set[str] = set()  # produced by an earlier switch's branch only
+    needs: dict[str, tuple[bool, bool]] = {}  # name -> (required, first reader has a default)
+    outputs: list[str] = []
+    for element in elements:
+        reads: dict[str, tuple[bool, bool]] = {}  # name -> (required, has a default)
+        if isinstance(element, BlockSpec):
+            reads = {n: (True, False) for n in element.required}
+            reads |= {n: (False, True) for n, _ in element.optional}
+            writes, sure = list(element.writes), set(element.writes)
+        else:
+            branches = element.branches
+            for branch in branches:
+                for name in branch.reads:
+                    reads.setdefault(name, (False, name not in branch.required))
+            every = element.default is not None
+            for name in reads:
+                required = every and all(name in b.required for b in branches)
+                reads[name] = (required, reads[name][1])
+            reads.setdefault("flag", (False, True))
+            writes = [w for b in branches for w in b.writes]
+            sure = set.intersection(*(set(b.writes) for b in branches)) if every else set()
+        for name, (required, has_default) in reads.items():
+            if name in definite:
+                continue
+            if name in maybe:
+                required = False
+            if name not in needs:
+                needs[name] = (required, has_default)
+            elif required and not needs[name][0] and not needs[name][1]:
+                needs[name] = (True, False)  # the first reader had no default to give
+        for name in writes:
+            if name not in outputs:
+                outputs.append(name)
+            if name in sure:
+                definite.add(name)
+                maybe.discard(name)
+            elif name not in definite:
+                maybe.add(name)
+    return {n: r for n, (r, _) in needs.items()}, outputs

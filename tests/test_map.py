@@ -346,3 +346,10 @@ def test_map_on_a_fork_pool_started_by_map_inherits_the_pipeline():
     with ProcessPoolExecutor(2, mp_context=context) as executor:
         results = pipe.map(prompts(4), executor=executor, output=["images", "copy"])
     assert results == [(images, "original") for images in expected(4)]
+
+
+def test_map_keeps_the_results_of_items_after_one_that_is_not_a_mapping():
+    with pytest.raises(MapError, match=r"item 0 is not a mapping") as info:
+        make_pipe().map(["a", {"prompt": "b"}, {"prompt": "c"}])  # type: ignore[list-item]
+    assert info.value.results == [FAILED, ["B!"], ["C!"]]
+    assert list(info.value.failures) == [0]

@@ -633,3 +633,17 @@ def test_pipeline_resume_keeps_the_runs_own_copy_of_a_component():
 
 class PreparedCounter(NamedTuple):
     counter: list[int]
+
+
+def test_pipeline_refuses_none_for_a_required_component():
+    with pytest.raises(mb.WiringError, match=r"component `proj` must be torch.nn.Linear, got None"):
+        mb.Pipeline(model, components={**_components(), "proj": None})
+    # An optional component whose default is None may be None.
+
+    @mb.block(output="y")
+    def maybe_scale(
+        x: torch.Tensor, scale: mb.Component[torch.nn.Linear | None] = None
+    ) -> torch.Tensor:
+        return x if scale is None else scale(x)
+
+    assert mb.Pipeline(maybe_scale, components={"scale": None})(x=X, output="y") is X

@@ -14,6 +14,10 @@ import modblocks as mb
 from modblocks.exceptions import WiringError
 from tests.strategies import (
     BlockSpec,
+    build_element,
+    reference_switch_wiring,
+    switch_chains,
+    BlockSpec,
     build_block,
     chains,
     inputs_for,
@@ -153,9 +157,17 @@ def test_sequential_repeated_block_names_both_groupings():
 
 
 def test_sequential_repeated_names_are_addressable():
-    seq = f >> f >> f
-    assert seq["f_3"].__wrapped__ is f.__wrapped__
-    assert seq["f_2"].__wrapped__ is f.__wrapped__
+    # Three different blocks all called `f`: each label finds its own one.
+    def adder(k: int) -> mb.Block[..., int]:
+        return mb.block(lambda x: x + k, name="f", output="x")
+
+    first, second, third = adder(1), adder(2), adder(10)
+    seq = first >> second >> third
+    assert seq.names == ("f", "f_2", "f_3")
+    assert seq["f"] is first
+    assert seq["f_2"] is second
+    assert seq["f_3"] is third
+    assert seq(x=0)["x"] == 13
 
 
 def test_sequential_named_sequence_stays_nested():
@@ -794,3 +806,33 @@ def test_input_a_switch_may_skip_is_required_by_a_later_block_that_requires_it()
     with pytest.raises(mb.MissingInputError, match="extra"):
         seq.run(image=1)  # no default to hand `after`: reported before anything runs
     assert seq.run(image=1, extra=5).y == "image 5"
+
+
+@given(switch_chains())
+def test_sequential_with_switches_wires_like_the_reference(elements):
+    seq = mb.Sequential([build_element(e) for e in elements])
+    inputs, outputs = reference_switch_wiring(elements)
+    assert {s.name: s.required for s in seq.inputs} == inputs
+    assert [s.name for s in seq.outputs] == outputs
+
+
+@given(switch_chains(), st.booleans())
+def test_sequential_with_switches_runs_like_the_elements_one_by_one(elements, flag):
+    seq = mb.Sequential([build_element(e) for e in elements])
+    given_inputs = {s.name: 7 for s in seq.inputs if s.name != "flag"}
+    if flag and "flag" in {s.name for s in seq.inputs}:
+        given_inputs["flag"] = 1
+    flag = "flag" in given_inputs
+    values = dict(given_inputs)
+    for element in elements:
+        spec = (
+            element
+            if isinstance(element, BlockSpec)
+            else (element.branch if flag else element.default)
+        )
+        if spec is None:
+            continue
+        args = {n: values[n] for n in spec.required}
+        args |= {n: values.get(n, d) for n, d in spec.optional}
+        values.update(zip(spec.writes, spec.compute(args), strict=True))
+    assert dict(seq.run(**given_inputs)) == values

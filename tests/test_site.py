@@ -2,10 +2,12 @@
 
 Runs the check of ``scripts/check_site.py``: every page loads without errors or requests that
 leave the site, every mermaid diagram renders to an ``<svg>``, no link inside the site is
-broken. Skipped only where no Chromium is installed (Debian: ``apt-get install chromium``).
+broken. Skipped only where no Chromium is installed (Debian: ``apt-get install chromium``)
+and never in CI (``CI=true``), where a missing browser is a failure.
 """
 
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,8 @@ def chromium() -> str:
     try:
         return check_site.find_chromium(None)
     except check_site.CheckError as err:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must check the site in a browser: {err}")
         pytest.skip(str(err))
 
 

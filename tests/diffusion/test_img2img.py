@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import modblocks as mb
 from modblocks.diffusion import img2img
 from modblocks.diffusion.testing import tiny_scheduler
 
@@ -72,6 +73,6 @@ def test_img2img_strength_default_is_0_8(components, init_image):
 
 @pytest.mark.parametrize("strength", [-0.1, 1.5])
 def test_img2img_rejects_strength_out_of_range(components, init_image, strength):
-    with pytest.raises(Exception, match="`strength` is") as info:
+    with pytest.raises(mb.BlockError, match="`strength` is") as info:
         img2img.run(**components, prompt="a cat", image=init_image, strength=strength)
     assert isinstance(info.value.__cause__, ValueError)
