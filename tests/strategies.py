@@ -355,7 +355,7 @@ def reference_switch_wiring(
     for element in elements:
         reads: dict[str, tuple[bool, bool]] = {}  # name -> (required, has a default)
         if isinstance(element, BlockSpec):
-            reads = {n: (True, False) for n in element.required}
+            reads = dict.fromkeys(element.required, (True, False))
             reads |= {n: (False, True) for n, _ in element.optional}
             writes, sure = list(element.writes), set(element.writes)
         else:

@@ -14,16 +14,15 @@ import modblocks as mb
 from modblocks.exceptions import WiringError
 from tests.strategies import (
     BlockSpec,
-    build_element,
-    reference_switch_wiring,
-    switch_chains,
-    BlockSpec,
     build_block,
+    build_element,
     chains,
     inputs_for,
     reference_names,
     reference_run,
+    reference_switch_wiring,
     reference_wiring,
+    switch_chains,
 )
 
 # Random chains give one input different defaults on purpose: the reference model covers it.
