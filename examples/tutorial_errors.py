@@ -4,6 +4,8 @@ Each section triggers one error class of `modblocks.exceptions` on purpose and p
 ``ClassName: message``.
 """
 
+import pickle
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -70,6 +72,51 @@ def cancel_during_the_loop() -> None:
     text2img.run(batch_size=2, timesteps=[1000, 750, 250], on_step=press_cancel, cancel=token)
 
 
+def resume_at_a_misspelt_block() -> None:
+    """Resume at a sub-block that isn't there."""
+    text2img.run(mb.State(batch_size=2, timesteps=[1000]), resume="denose[step 0]")
+
+
+def ask_for_an_output_it_does_not_make() -> None:
+    """Ask a pipeline for a value it doesn't produce: refused before anything runs."""
+    mb.Pipeline(text2img, inference_mode=False)(batch_size=1, timesteps=[1000], output="latent")
+
+
+def change_a_state() -> None:
+    """Set a value on a state: states never change."""
+    state = text2img.run(batch_size=1, timesteps=[1000])
+    state.latents = [1.0]  # type: ignore[misc]  # the mistake shown
+
+
+def pickle_a_local_block() -> None:
+    """Send a block defined inside a function to another process."""
+
+    @mb.block(output="x")
+    def local(x: int) -> int:
+        return x
+
+    pickle.dumps(local)
+
+
+def compose_two_defaults() -> None:
+    """Two blocks give one input different defaults: a warning says each reads its own."""
+
+    @mb.block(output="noise")
+    def add_noise(strength: float = 0.8) -> float:
+        return strength
+
+    @mb.block(output="mix")
+    def blend(noise: float, strength: float = 0.5) -> float:
+        return noise * strength
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_noise >> blend
+    for warning in caught:
+        print(f"{warning.category.__name__}: {warning.message}")
+        print()
+
+
 def load_from_the_hub() -> None:
     """Load components from a Hub id: only local diffusers-format folders are read."""
     mb.Pipeline.from_pretrained("runwayml/stable-diffusion-v1-5", prepare_latents)
@@ -94,3 +141,9 @@ if __name__ == "__main__":
     show(cancel_during_the_loop)
     show(load_from_the_hub)
     show(map_with_a_failing_item)
+    show(resume_at_a_misspelt_block)
+    show(lambda: text2img.run(batch_size=2, timesteps=1000))
+    show(ask_for_an_output_it_does_not_make)
+    show(change_a_state)
+    show(pickle_a_local_block)
+    compose_two_defaults()

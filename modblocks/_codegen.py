@@ -211,9 +211,10 @@ def _length(items: Any, plan: Repeat) -> int:
         msg = (
             f"loop `{plan.name}` runs once per element of `{plan.over}`, which must be a sized "
             f"collection (a list, tuple, tensor ...), but it is {type(items).__name__} "
-            f"{items!r:.60}. Give a list, e.g. `list(...)`."
+            f"{items!r:.60}"
         )
-        raise Failure(TYPE, message=msg, node=plan.name, name=plan.over) from None
+        fix = f"Give `{plan.over}` as a list (e.g. `list(...)` of an iterator)."
+        raise Failure(TYPE, message=msg, node=plan.name, name=plan.over, fix=fix) from None
 
 
 def _loop(plan: Repeat, *, hooked: bool) -> Any:

@@ -519,9 +519,10 @@ def _check_step(plan: Repeat, step: int, values: Mapping[str, Any], text: str) -
     except TypeError:
         return  # not given yet, or not sized: reported when the loop starts
     if step >= total:
+        steps = "1 step (step 0)" if total == 1 else f"{total} steps (0 to {total - 1})"
         msg = (
-            f"loop `{plan.name}` has {total} steps (0 to {total - 1}), so it can't resume at "
-            f"step {step} (`resume={text!r}`)."
+            f"loop `{plan.name}` has {steps}, so it can't resume at step {step} "
+            f"(`resume={text!r}`)."
         )
         raise PathError(msg, path=text, node=plan.name)
 

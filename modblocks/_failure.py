@@ -96,8 +96,9 @@ def to_error(failure: Failure, state: State) -> ModblocksError:
         msg = f"{missing_message(where, names)} (at `{path}`: {why}).{fields.get('hint', '')}"
         return MissingInputError(msg, node=where, names=names, path=path, state=state)
     if failure.kind == TYPE:
-        msg = f"{failure.message} (at `{path}`)."
-        return InputTypeError(msg, path=path, state=state, **fields)
+        msg = f"{failure.message} (at `{path}`). {fields.get('fix', '')}".rstrip()
+        details = {k: v for k, v in fields.items() if k != "fix"}
+        return InputTypeError(msg, path=path, state=state, **details)
     msg = (
         f"the run was cancelled before `{path}` ran. `err.state` holds the values computed so "
         "far; `node.run(err.state, resume=err.path)` goes on from there."

@@ -41,6 +41,7 @@ OUTPUTS = {
     "concepts/wiring.md": ["tutorial_wiring.py"],
     "concepts/typing.md": ["tutorial_typing.py"],
     "concepts/errors.md": ["tutorial_errors.py"],
+    "concepts/resume.md": ["tutorial_resume.py"],
     "coming_from_diffusers.md": ["tutorial_from_diffusers.py"],
 }
 SNIPPET = re.compile(r'--8<-- "(?P<path>[^":]+)(?::[\w-]+)?"')

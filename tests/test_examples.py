@@ -42,6 +42,12 @@ EXPECTED: dict[str, list[str]] = {
     "tutorial_loop.py": ["text2img > denoise step 1/4 t=1000 latents=8"],
     "tutorial_pipeline.py": ["(1, 3, 8, 8) (1, 3, 8, 8)"],
     "tutorial_stable_diffusion.py": ["same as diffusers: True", "inpaint:  [(32, 32)]"],
+    "tutorial_resume.py": [
+        "auto > text2img > denoise[step 3] > denoise_step",
+        "image(6.6250) image(6.6250)",
+        "auto > text2img > denoise[step 2]",
+        "('denoise_step', 'clamp') ('denoise_step',)",
+    ],
     "tutorial_state.py": ["2 2 False None", "3 2"],
     "tutorial_switch.py": ["prepare [Switch]: Runs one branch"],
     "tutorial_taste.py": ["<image 0.205>"],
