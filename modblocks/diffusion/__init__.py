@@ -32,7 +32,9 @@ from .denoise import (
     scale_model_input,
     scheduler_step,
 )
+from .families.flux import flux, flux_img2img, flux_inpaint, flux_text2img
 from .families.sd import img2img, inpaint, stable_diffusion, text2img
+from .families.sd3 import sd3_img2img, sd3_text2img, stable_diffusion_3
 from .families.sdxl import sdxl_img2img, sdxl_inpaint, sdxl_text2img, stable_diffusion_xl
 from .guidance import rescale_noise_cfg
 from .image import Size, default_size, postprocess, preprocess_image, preprocess_mask
@@ -67,6 +69,10 @@ __all__ = [
     "denoise",
     "denoise_inpaint",
     "encode_prompt",
+    "flux",
+    "flux_img2img",
+    "flux_inpaint",
+    "flux_text2img",
     "img2img",
     "img2img_timesteps",
     "inpaint",
@@ -82,11 +88,14 @@ __all__ = [
     "rescale_noise_cfg",
     "scale_model_input",
     "scheduler_step",
+    "sd3_img2img",
+    "sd3_text2img",
     "sdxl_img2img",
     "sdxl_inpaint",
     "sdxl_text2img",
     "set_timesteps",
     "stable_diffusion",
+    "stable_diffusion_3",
     "stable_diffusion_xl",
     "text2img",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "PromptEmbedsXL",
     "check_pooled_prompts",
     "clip_hidden_states",
+    "clip_pooled",
     "encode_prompt",
     "encode_prompt_xl",
 ]
@@ -166,6 +167,17 @@ def clip_hidden_states(
     hidden: torch.Tensor = output.hidden_states[layer]
     first: torch.Tensor = output[0]
     return hidden, first
+
+
+def clip_pooled(
+    tokenizer: PreTrainedTokenizerBase, text_encoder: CLIPTextModel, texts: list[str]
+) -> torch.Tensor:
+    """Encode *texts*; return `CLIPTextModel`'s pooled output (Flux's global text embedding)."""
+    # transformers sets this attribute without an annotation.
+    ids, _ = tokenize(tokenizer, texts, cast("int", tokenizer.model_max_length))
+    warn_if_truncated(tokenizer, texts, ids)
+    pooled: torch.Tensor = text_encoder(ids.to(text_encoder.device)).pooler_output
+    return pooled
 
 
 def _encode_pair(

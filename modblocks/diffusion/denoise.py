@@ -46,9 +46,16 @@ def scale_model_input(
     do_cfg: Annotated[bool, Doc("whether classifier-free guidance is on")],
     scheduler: mb.Component[SchedulerMixin],
 ) -> Annotated[torch.Tensor, Doc("the UNet's input: the latents, twice with guidance, scaled")]:
-    """Make the UNet's input: the latents, twice with guidance, scaled by the scheduler."""
+    """Make the UNet's input: the latents, twice with guidance, scaled by the scheduler.
+
+    Flow-matching schedulers don't scale: they have no `scale_model_input`.
+    """
     latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
-    return typed(scheduler).scale_model_input(latent_model_input, t)
+    scale = getattr(scheduler, "scale_model_input", None)
+    if scale is None:
+        return latent_model_input
+    scaled: torch.Tensor = scale(latent_model_input, t)
+    return scaled
 
 
 @mb.block(output="latent_model_input")

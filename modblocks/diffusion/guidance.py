@@ -1,10 +1,20 @@
-"""Guidance: classifier-free guidance on a `[negative, positive]` batch, and its rescaling."""
+"""Guidance: classifier-free guidance, its rescaling, and skip-layer guidance.
+
+UNets and SD3 guide one model call on the batch `[negative, positive]`; Flux's true CFG
+makes a second call for the negative prompt. Skip-layer guidance (SD3.5) moves the result
+away from a third prediction made without some of the transformer's layers.
+"""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["guide", "rescale_noise_cfg"]
+__all__ = ["cfg", "guide", "rescale_noise_cfg", "skip_layer_guidance"]
+
+
+def cfg(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Return classifier-free guidance: *uncond* moved *scale* times towards *cond*."""
+    return uncond + scale * (cond - uncond)
 
 
 def rescale_noise_cfg(
@@ -45,7 +55,24 @@ def guide(
     if not do_cfg:
         return noise_pred
     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+    noise_pred = cfg(noise_pred_uncond, noise_pred_text, guidance_scale)
     if guidance_rescale > 0.0:
         noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, guidance_rescale)
     return noise_pred
+
+
+def skip_layer_guidance(
+    noise_pred: torch.Tensor, cond: torch.Tensor, skipped: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Move the guided *noise_pred* away from *skipped*, the prediction without some layers.
+
+    Args:
+        noise_pred: The guided prediction.
+        cond: The prediction for the prompt alone.
+        skipped: The prediction for the prompt alone, with the skipped layers left out.
+        scale: How far to move (SD3's `skip_layer_guidance_scale`).
+
+    Returns:
+        `noise_pred + (cond - skipped) * scale`.
+    """
+    return noise_pred + (cond - skipped) * scale

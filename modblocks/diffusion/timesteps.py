@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Sequence
 from typing import Annotated, NamedTuple
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "img2img_timesteps_xl",
     "inpaint_timesteps",
     "inpaint_timesteps_xl",
+    "retrieve_timesteps",
     "set_timesteps",
 ]
 
@@ -65,6 +67,24 @@ def set_timesteps(
     Schedulers keep state (`timesteps`, `step_index`), so each run works on its own copy:
     one pipeline can then serve concurrent runs.
     """
+    return retrieve_timesteps(
+        scheduler, device_of(unet), num_inference_steps, timesteps=timesteps, sigmas=sigmas
+    )
+
+
+def retrieve_timesteps(
+    scheduler: SchedulerMixin,
+    device: torch.device,
+    num_inference_steps: int,
+    *,
+    timesteps: list[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    mu: float | None = None,
+) -> Timesteps:
+    """Copy *scheduler* and set its timesteps, or custom ones (diffusers' `retrieve_timesteps`).
+
+    A *mu* goes to `set_timesteps` too (flow matching's resolution-dependent shift).
+    """
     # Deep, because `step` changes state in place (PNDM and DPM-Solver fill lists of past
     # outputs) and no scheduler promises that `set_timesteps` replaces all of it. It costs
     # under a millisecond, a fifth of `from_config`.
@@ -72,11 +92,12 @@ def set_timesteps(
     if timesteps is not None and sigmas is not None:
         msg = "give at most one of `timesteps` and `sigmas`."
         raise ValueError(msg)
-    custom: dict[str, list[int] | list[float]] = {}
+    custom: dict[str, list[int] | Sequence[float]] = {}
     if timesteps is not None:
         custom = {"timesteps": timesteps}
     elif sigmas is not None:
         custom = {"sigmas": sigmas}
+    kwargs = {} if mu is None else {"mu": mu}
     sched = typed(scheduler)
     for name in custom:
         if name not in inspect.signature(sched.set_timesteps).parameters:
@@ -86,9 +107,9 @@ def set_timesteps(
             )
             raise ValueError(msg)
     if custom:
-        sched.set_timesteps(device=device_of(unet), **custom)
+        sched.set_timesteps(device=device, **custom, **kwargs)
         return Timesteps(scheduler, sched.timesteps, len(sched.timesteps))
-    sched.set_timesteps(num_inference_steps, device=device_of(unet))
+    sched.set_timesteps(num_inference_steps, device=device, **kwargs)
     return Timesteps(scheduler, sched.timesteps, num_inference_steps)
 
 

@@ -1,7 +1,8 @@
 """The VAE: images to latents and back.
 
 SD 1.x scales latents by the VAE's `scaling_factor`. SDXL's VAE may run in float32
-(`force_upcast`) and normalize latents by `latents_mean` and `latents_std`.
+(`force_upcast`) and normalize latents by `latents_mean` and `latents_std`. The VAEs of
+flow-matching models (SD3, Flux) shift latents by `shift_factor` before scaling them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ __all__ = [
     "Images",  # kept importable from here, where it was first defined
     "OutputType",
     "decode_latents",
+    "decode_latents_flow",
     "decode_latents_xl",
     "encode_image",
+    "encode_image_flow",
     "encode_image_xl",
     "sample_latents",
     "vae_decode",
@@ -48,10 +51,15 @@ def vae_scale_factor(vae: AutoencoderKL) -> int:
     return int(2 ** (len(vae.config["block_out_channels"]) - 1))
 
 
-def sample_latents(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) -> torch.Tensor:
-    """Sample unscaled latents of images in [-1, 1], with one generator per image if a list."""
+def sample_latents(
+    vae: AutoencoderKL, image: torch.Tensor, generator: Generator, *, one_by_one: bool = True
+) -> torch.Tensor:
+    """Sample unscaled latents of images in [-1, 1], with one generator per image if a list.
+
+    With *one_by_one* false, a list of generators samples the batch in one VAE call.
+    """
     codec = cast("_Codec", vae)
-    if isinstance(generator, list):
+    if isinstance(generator, list) and one_by_one:
         samples = [
             codec.encode(image[i : i + 1]).latent_dist.sample(generator[i])
             for i in range(image.shape[0])
@@ -176,3 +184,34 @@ def decode_latents_xl(
         latents = latents / scale if stats is None else latents * stats[1] / scale + stats[0]
         decoded: torch.Tensor = vae_decode(vae, latents)
     return decoded
+
+
+# --- flow matching: shifted latents ---------------------------------------------------------
+
+
+def encode_image_flow(
+    vae: AutoencoderKL, image: torch.Tensor, generator: Generator, *, one_by_one: bool = True
+) -> torch.Tensor:
+    """Encode images in [-1, 1] into latents shifted by `shift_factor`, then scaled.
+
+    Images that already have the VAE's latent channels are taken as latents.
+    """
+    if image.shape[1] == vae.config["latent_channels"]:
+        return image
+    latents = sample_latents(vae, image, generator, one_by_one=one_by_one)
+    shifted: torch.Tensor = (latents - vae.config["shift_factor"]) * vae.config["scaling_factor"]
+    return shifted
+
+
+@mb.block(output="decoded")
+@torch.no_grad()  # inference only, also when run outside a Pipeline
+def decode_latents_flow(
+    latents: Annotated[torch.Tensor, Doc("the denoised latents")],
+    vae: mb.Component[AutoencoderKL],
+    output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
+) -> Annotated[torch.Tensor, Doc('images in [-1, 1], or the latents for `output_type` "latent"')]:
+    """Decode latents, unscaled and shifted back by `shift_factor`, into images in [-1, 1]."""
+    if output_type == "latent":
+        return latents
+    latents = latents / vae.config["scaling_factor"] + vae.config["shift_factor"]
+    return vae_decode(vae, latents)
