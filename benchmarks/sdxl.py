@@ -47,7 +47,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,15 +63,16 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from diffusers.utils import logging as diffusers_logging
 
 if TYPE_CHECKING:
-    from benchmarks import _harness, _lines
+    from benchmarks import _harness, _lines, _pipelines
 else:
     try:  # run as `python benchmarks/sdxl.py`, or imported as `benchmarks.sdxl`
-        from benchmarks import _harness, _lines
+        from benchmarks import _harness, _lines, _pipelines
     except ImportError:  # pragma: no cover - depends on how the script is started
         import _harness
         import _lines
+        import _pipelines
 
-Thunk = Callable[[], torch.Tensor]
+Thunk = _pipelines.Thunk
 
 PROMPT = "a photo of a cat"
 SIZE = 32
@@ -172,24 +172,15 @@ def modblocks_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     return call
 
 
-def _disable_bars(block: Any) -> int:
-    """Disable the progress bar of *block* and every block under it; return how many."""
-    count = 0
-    if hasattr(block, "set_progress_bar_config"):
-        block.set_progress_bar_config(disable=True)
-        count += 1
-    for sub in getattr(block, "sub_blocks", {}).values():
-        count += _disable_bars(sub)
-    return count
-
-
 def modular_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     """diffusers' ``StableDiffusionXLAutoBlocks`` pipeline, with a 5.0 guider."""
     pipe: Any = StableDiffusionXLAutoBlocks().init_pipeline()  # diffusers' calls are not typed
     scheduler = copy.deepcopy(comps["scheduler"])
     guider = ClassifierFreeGuidance(guidance_scale=GUIDANCE)
     pipe.update_components(**{**comps, "scheduler": scheduler}, guider=guider)
-    if not _disable_bars(pipe._blocks):  # the blocks the pipeline runs (`pipe.blocks` is a copy)
+    if not _pipelines.disable_bars(
+        pipe._blocks
+    ):  # the blocks the pipeline runs (`pipe.blocks` is a copy)
         msg = "found no progress bar to disable in the modular pipeline"
         raise RuntimeError(msg)
 
@@ -224,80 +215,10 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any], int], Thunk]] = {
 # --------------------------------------------------------------------------- measuring
 
 
-def check_same(thunks: Mapping[str, Thunk]) -> None:
-    """Check that every contender computes the hand-written latents (float32 rounding)."""
-    expected = thunks["hand-written"]()
-    for name, thunk in thunks.items():
-        got = thunk()
-        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
-            diff = float((got - expected).abs().max())
-            msg = f"{name} computes other latents than the hand-written code (max diff {diff})"
-            raise AssertionError(msg)
-
-
-def peak_kib(thunk: Thunk) -> float:
-    """Peak Python heap allocated during one call of *thunk*, in KiB (after a warm-up call)."""
-    thunk()
-    tracemalloc.start()
-    try:
-        thunk()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak / 1024
-
-
 def table(comps: Mapping[str, Any], settings: _harness.Settings) -> str:
     """Measure every contender at every step count, interleaved; return the report text."""
     thunks = {(name, steps): BUILDERS[name](comps, steps) for name in CONTENDERS for steps in STEPS}
-    for steps in STEPS:
-        check_same({name: thunks[name, steps] for name in CONTENDERS})
-    timings = _harness.measure_interleaved(
-        {f"{name} @{steps}": thunk for (name, steps), thunk in thunks.items()}, settings
-    )
-    hand, lo, hi = "hand-written", STEPS[1], STEPS[-1]
-
-    def slope(name: str) -> dict[str, float]:
-        return {f"{name} @{hi}": 1 / (hi - lo), f"{name} @{lo}": -1 / (hi - lo)}
-
-    def negated(weights: dict[str, float]) -> dict[str, float]:
-        return {key: -weight for key, weight in weights.items()}
-
-    fixed: dict[str, float | None] = {}
-    step_over: dict[str, float | None] = {}
-    rows: list[list[str]] = []
-    for name in CONTENDERS:
-        if name != hand:
-            fixed[name] = _harness.paired_us(timings, {f"{name} @1": 1, f"{hand} @1": -1})
-            step_over[name] = _harness.paired_us(timings, {**slope(name), **negated(slope(hand))})
-        rows.append(
-            [
-                name,
-                _harness.fmt(timings[f"{name} @1"].us / 1000),
-                _harness.fmt(fixed.get(name), 0),
-                _harness.fmt(_harness.paired_us(timings, slope(name)), 0),
-                _harness.fmt(step_over.get(name), 0),
-                _harness.fmt(peak_kib(thunks[name, hi]), 0),
-            ]
-        )
-    headers = [
-        "contender",
-        "ms / call (1 step)",
-        "fixed overhead µs",
-        "µs / step",
-        "step overhead µs",
-        "peak Python KiB (20 steps)",
-    ]
-    lines = [_harness.markdown_table(headers, rows), ""]
-    ours = fixed["modblocks"]
-    for other in ("diffusers modular", "diffusers classic"):
-        theirs = fixed[other]
-        if ours is None or theirs is None:
-            continue
-        # An overhead within the noise of the hand-written time has no meaningful ratio.
-        ratio = f"{theirs / ours:.0f}x modblocks'" if ours > 0 else "modblocks' is within noise"
-        lines.append(f"fixed overhead of {other}: {theirs / 1000:.1f} ms ({ratio})")
-    return "\n".join(lines)
+    return _pipelines.overhead_table(thunks, CONTENDERS, STEPS, settings)
 
 
 # --------------------------------------------------------------------------- line counts
