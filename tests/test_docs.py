@@ -42,6 +42,8 @@ OUTPUTS = {
     "concepts/typing.md": ["tutorial_typing.py"],
     "concepts/errors.md": ["tutorial_errors.py"],
     "coming_from_diffusers.md": ["tutorial_from_diffusers.py"],
+    "flux.md": ["flux.py"],
+    "sd3.md": ["sd3.py"],
 }
 SNIPPET = re.compile(r'--8<-- "(?P<path>[^":]+)(?::[\w-]+)?"')
 
