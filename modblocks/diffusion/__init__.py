@@ -33,6 +33,7 @@ from .denoise import (
     scheduler_step,
 )
 from .families.flux import flux, flux_img2img, flux_inpaint, flux_text2img
+from .families.qwen_image import qwen_image
 from .families.sd import img2img, inpaint, stable_diffusion, text2img
 from .families.sd3 import sd3_img2img, sd3_text2img, stable_diffusion_3
 from .families.sdxl import sdxl_img2img, sdxl_inpaint, sdxl_text2img, stable_diffusion_xl
@@ -85,6 +86,7 @@ __all__ = [
     "prepare_mask_latents",
     "preprocess_image",
     "preprocess_mask",
+    "qwen_image",
     "rescale_noise_cfg",
     "scale_model_input",
     "scheduler_step",

@@ -1,10 +1,11 @@
-"""The denoising loops of flow-matching transformers: Flux and SD3.
+"""The denoising loops of flow-matching transformers: Flux, SD3 and Qwen-Image.
 
 Both loops end with the shared `scheduler_step`. Flux's transformer reads its guidance
 weight as an input (guidance distillation) and makes a second call for the negative prompt
 only with true CFG; its inpainting re-blends the unmasked area after every step. SD3 guides
 one call on the batch `[negative, positive]` (made by the shared `scale_model_input`) and
-can add skip-layer guidance.
+can add skip-layer guidance. Qwen-Image is Flux's loop with a Qwen2.5-VL text sequence (and
+its attention mask), and true CFG that keeps the positive prediction's norm.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 import torch
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformer2DModel
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from typing_extensions import Doc
@@ -22,14 +24,17 @@ import modblocks as mb
 
 from ._scheduler import typed
 from .denoise import scale_model_input, scheduler_step
-from .guidance import cfg, skip_layer_guidance
+from .guidance import cfg, cfg_keeping_norm, skip_layer_guidance
+from .packing import PackedTransformer
 
 __all__ = [
     "blend_masked_latents_flow",
     "denoise_flux",
     "denoise_inpaint_flux",
+    "denoise_qwen",
     "denoise_sd3",
     "predict_noise_flux",
+    "predict_noise_qwen",
     "predict_noise_sd3",
     "prepare_guidance_flux",
 ]
@@ -41,7 +46,7 @@ _KWARGS_DOC = Doc("extra arguments for the attention processors (e.g. a LoRA `sc
 @mb.block(output="guidance")
 def prepare_guidance_flux(
     latents: Annotated[torch.Tensor, Doc("the initial latents (one guidance value per row)")],
-    transformer: mb.Component[FluxTransformer2DModel],
+    transformer: mb.Component[PackedTransformer],
     guidance_scale: Annotated[
         float, Doc("the guidance weight the model was distilled with (guidance-embedding models)")
     ] = 3.5,
@@ -96,6 +101,46 @@ def predict_noise_flux(
     assert negative_pooled_prompt_embeds is not None
     negative = predict(negative_prompt_embeds, negative_pooled_prompt_embeds)
     return cfg(negative, noise_pred, true_cfg_scale)
+
+
+@mb.block(output="noise_pred")
+@torch.no_grad()  # inference only, also when run outside a Pipeline
+def predict_noise_qwen(
+    latents: Annotated[torch.Tensor, Doc("the current latents, packed")],
+    t: Annotated[torch.Tensor, _T_DOC],
+    prompt_embeds: Annotated[torch.Tensor, Doc("Qwen2.5-VL hidden states")],
+    prompt_embeds_mask: Annotated[torch.Tensor | None, Doc("their attention mask")],
+    img_shapes: Annotated[list[list[tuple[int, int, int]]], Doc("the grid of latent tokens")],
+    guidance: Annotated[torch.Tensor | None, Doc("the guidance weight per image")],
+    do_true_cfg: Annotated[bool, Doc("whether true CFG is on")],
+    negative_prompt_embeds: Annotated[torch.Tensor | None, Doc("the negative hidden states")],
+    negative_prompt_embeds_mask: Annotated[torch.Tensor | None, Doc("their attention mask")],
+    transformer: mb.Component[QwenImageTransformer2DModel],
+    true_cfg_scale: Annotated[float, Doc("true classifier-free guidance weight")] = 4.0,
+    attention_kwargs: Annotated[dict[str, Any] | None, _KWARGS_DOC] = None,
+) -> Annotated[torch.Tensor, Doc("the predicted velocity, with true CFG if on")]:
+    """Predict with one transformer call; with true CFG a second, keeping the norm per token."""
+    timestep = t.expand(latents.shape[0]).to(latents.dtype) / 1000
+
+    def predict(embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        prediction: torch.Tensor = transformer(
+            hidden_states=latents,
+            timestep=timestep,
+            guidance=guidance,
+            encoder_hidden_states_mask=mask,
+            encoder_hidden_states=embeds,
+            img_shapes=img_shapes,
+            attention_kwargs=attention_kwargs or {},
+            return_dict=False,
+        )[0]
+        return prediction
+
+    noise_pred = predict(prompt_embeds, prompt_embeds_mask)
+    if not do_true_cfg:
+        return noise_pred
+    assert negative_prompt_embeds is not None
+    negative = predict(negative_prompt_embeds, negative_prompt_embeds_mask)
+    return cfg_keeping_norm(negative, noise_pred, true_cfg_scale)
 
 
 @mb.block(output="latents")
@@ -181,6 +226,9 @@ denoise_inpaint_flux = _loop(
     predict_noise_flux >> scheduler_step >> blend_masked_latents_flow
 ).named("denoise")
 """The denoising loop of Flux inpainting: the unmasked area is put back after every step."""
+
+denoise_qwen = _loop(predict_noise_qwen >> scheduler_step).named("denoise")
+"""The denoising loop of Qwen-Image."""
 
 denoise_sd3 = _loop(scale_model_input >> predict_noise_sd3 >> scheduler_step).named("denoise")
 """The denoising loop of SD3."""

@@ -22,7 +22,7 @@ import modblocks as mb
 from ._scheduler import typed
 from .common import DTYPE_DOC
 from .timesteps import StrengthTimesteps, Timesteps, retrieve_timesteps
-from .vae import vae_scale_factor
+from .vae import PackedVAE, vae_scale_factor
 
 __all__ = [
     "calculate_shift",
@@ -71,14 +71,14 @@ def _from_start(schedule: Timesteps) -> Timesteps:
 @mb.block
 def set_timesteps_flux(
     scheduler: mb.Component[SchedulerMixin],
-    vae: mb.Component[AutoencoderKL],
+    vae: mb.Component[PackedVAE],
     height: Annotated[int, Doc("image height in pixels")],
     width: Annotated[int, Doc("image width in pixels")],
     prompt_embeds: Annotated[torch.Tensor, Doc("text embeddings (their device is the run's)")],
     num_inference_steps: Annotated[int, _STEPS_DOC] = 28,
     sigmas: Annotated[list[float] | None, _SIGMAS_DOC] = None,
 ) -> Timesteps:
-    """Copy the scheduler and set Flux's sigmas, shifted for the image's size."""
+    """Copy the scheduler and set Flux's (and Qwen-Image's) sigmas, shifted for the image's size."""
     steps: list[float] | None = sigmas
     if steps is None:
         steps = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps).tolist()

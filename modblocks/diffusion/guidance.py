@@ -1,15 +1,18 @@
 """Guidance: classifier-free guidance, its rescaling, and skip-layer guidance.
 
-UNets and SD3 guide one model call on the batch `[negative, positive]`; Flux's true CFG
-makes a second call for the negative prompt. Skip-layer guidance (SD3.5) moves the result
+UNets and SD3 guide one model call on the batch `[negative, positive]`; Flux's and
+Qwen-Image's true CFG make a second call for the negative prompt (Qwen-Image's keeps the
+norm of the positive prediction). Skip-layer guidance (SD3.5) moves the result
 away from a third prediction made without some of the transformer's layers.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-__all__ = ["cfg", "guide", "rescale_noise_cfg", "skip_layer_guidance"]
+__all__ = ["cfg", "cfg_keeping_norm", "guide", "rescale_noise_cfg", "skip_layer_guidance"]
 
 
 def cfg(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -36,6 +39,15 @@ def rescale_noise_cfg(
     # Rescaling fixes overexposure; mixing back avoids plain-looking images.
     rescaled = noise_cfg * (std_text / std_cfg)
     return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
+
+
+def cfg_keeping_norm(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Return classifier-free guidance rescaled, per token, to the norm of *cond* (Qwen-Image)."""
+    guided = cfg(uncond, cond, scale)
+    # torch.norm as diffusers calls it (its stubs leave the return type open).
+    cond_norm = cast("torch.Tensor", torch.norm(cond, dim=-1, keepdim=True))
+    guided_norm = cast("torch.Tensor", torch.norm(guided, dim=-1, keepdim=True))
+    return guided * (cond_norm / guided_norm)
 
 
 def guide(

@@ -21,7 +21,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from .common import Images, OutputType
-from .vae import vae_scale_factor
+from .vae import PackedVAE, vae_scale_factor
 
 __all__ = [
     "Size",
@@ -160,7 +160,7 @@ def default_size_sd3(
 
 @mb.block
 def default_size_flux(
-    vae: mb.Component[AutoencoderKL],
+    vae: mb.Component[PackedVAE],
     height: Annotated[
         int | None, Doc("image height in pixels; 128 latent pixels if not given")
     ] = None,

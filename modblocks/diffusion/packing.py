@@ -8,11 +8,12 @@ flow-matching model (`flow_latents`), then packed.
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple
+from typing import Annotated, NamedTuple, TypeAlias
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformer2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from typing_extensions import Doc
 
@@ -21,20 +22,25 @@ import modblocks as mb
 from .common import DTYPE_DOC, GENERATOR_DOC, Generator, OutputType, check_generators, copies
 from .flow_latents import image_latents_flow, noise_like, scale_noise
 from .latents import MaskLatents
-from .vae import encode_image_flow, vae_scale_factor
+from .vae import PackedVAE, encode_image_flow, vae_scale_factor
 
 __all__ = [
     "PackedInpaintLatents",
     "PackedLatents",
+    "PackedTransformer",
     "latent_image_ids",
     "pack_latents",
     "prepare_img2img_latents_flux",
+    "prepare_img_shapes_qwen",
     "prepare_inpaint_latents_flux",
     "prepare_latents_flux",
     "prepare_mask_latents_flux",
     "unpack",
     "unpack_latents",
 ]
+
+PackedTransformer: TypeAlias = FluxTransformer2DModel | QwenImageTransformer2DModel
+"""The transformers that read 2x2 latent patches as tokens."""
 
 _INIT_IMAGE_DOC = Doc("the image(s) in [-1, 1], or their latents")
 _TIMESTEPS_DOC = Doc("the timesteps to denoise at; the first sets the noise level")
@@ -68,7 +74,7 @@ def latent_image_ids(
 
 
 def _shape(
-    batch_size: int, height: int, width: int, transformer: FluxTransformer2DModel, factor: int
+    batch_size: int, height: int, width: int, transformer: PackedTransformer, factor: int
 ) -> tuple[int, int, int, int]:
     """Return the unpacked latents' shape for an image, rounded down to whole patches."""
     channels = transformer.config["in_channels"] // 4
@@ -92,14 +98,14 @@ def prepare_latents_flux(
     height: Annotated[int, Doc("image height in pixels")],
     width: Annotated[int, Doc("image width in pixels")],
     prompt_embeds: Annotated[torch.Tensor, DTYPE_DOC],
-    transformer: mb.Component[FluxTransformer2DModel],
-    vae: mb.Component[AutoencoderKL],
+    transformer: mb.Component[PackedTransformer],
+    vae: mb.Component[PackedVAE],
     generator: Annotated[Generator, GENERATOR_DOC] = None,
     latents: Annotated[
         torch.Tensor | None, Doc("packed initial noise to start from, instead of sampling it")
     ] = None,
 ) -> PackedLatents:
-    """Sample the initial noise and pack it (`FluxPipeline.prepare_latents`)."""
+    """Sample the initial noise and pack it (`FluxPipeline.prepare_latents`, Qwen-Image's)."""
     shape = _shape(batch_size, height, width, transformer, vae_scale_factor(vae))
     ids = _ids(shape, prompt_embeds)
     if latents is not None:
@@ -221,12 +227,29 @@ def prepare_mask_latents_flux(
     )
 
 
+@mb.block(output="img_shapes")
+def prepare_img_shapes_qwen(
+    height: Annotated[int, Doc("image height in pixels")],
+    width: Annotated[int, Doc("image width in pixels")],
+    batch_size: Annotated[int, Doc("number of images")],
+    vae: mb.Component[PackedVAE],
+    num_images_per_prompt: Annotated[int, Doc("number of images to make per prompt")] = 1,
+) -> Annotated[
+    list[list[tuple[int, int, int]]], Doc("the token grid `(frames, rows, columns)`, per prompt")
+]:
+    """Give Qwen-Image's transformer the grid of latent tokens, for its position embedding."""
+    factor = vae_scale_factor(vae)
+    grid = (1, height // factor // 2, width // factor // 2)
+    # One per prompt, not per image, as diffusers: the transformer reads the first.
+    return [[grid]] * (batch_size // num_images_per_prompt)
+
+
 @mb.block(output="latents")
 def unpack_latents(
     latents: Annotated[torch.Tensor, Doc("the denoised latents, packed")],
     height: Annotated[int, Doc("image height in pixels")],
     width: Annotated[int, Doc("image width in pixels")],
-    vae: mb.Component[AutoencoderKL],
+    vae: mb.Component[PackedVAE],
     output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
 ) -> Annotated[torch.Tensor, Doc('the latents as `(batch, c, h, w)`; packed for output "latent"')]:
     """Unpack the latents for the VAE (for output type "latent", keep them packed)."""

@@ -26,7 +26,9 @@ import torch
 import transformers
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import AutoencoderKLQwenImage
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformer2DModel
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
@@ -46,13 +48,24 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
 )
 from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     T5Config,
     T5EncoderModel,
 )
@@ -61,6 +74,8 @@ __all__ = [
     "SCHEDULERS",
     "save_tiny_sd",
     "tiny_flux_components",
+    "tiny_qwen_image_components",
+    "tiny_qwen_tokenizer",
     "tiny_scheduler",
     "tiny_sd3_components",
     "tiny_sd_components",
@@ -580,4 +595,183 @@ def tiny_sd3_components(
         "text_encoder_3": text_encoder_3 if t5 else None,
         "tokenizer_3": tiny_t5_tokenizer() if t5 else None,
         "scheduler": FlowMatchEulerDiscreteScheduler(**config),
+    }
+
+
+# --- Qwen-Image ----------------------------------------------------------------------------
+
+# Qwen2's split of text into words (transformers' `PRETOKENIZE_REGEX`), before byte-level BPE.
+_QWEN_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+# Whole-word pieces for Qwen-Image's chat template, so that its system part is 34 tokens as
+# with Qwen2.5's vocabulary (the pipeline drops those 34), and for the prompts of the tests.
+_QWEN_WORDS = [
+    "system",
+    "Describe",
+    "Ġthe",
+    "Ġimage",
+    "Ġby",
+    "Ġdetailing",
+    "Ġcolor",
+    "Ġshape",
+    "Ġsize",
+    "Ġtexture",
+    "Ġquantity",
+    "Ġtext",
+    "Ġspatial",
+    "Ġrelationships",
+    "Ġof",
+    "Ġobjects",
+    "Ġand",
+    "Ġbackground",
+    "user",
+    "assistant",
+    "Ġcat",
+    "Ġdog",
+    "Ġeating",
+    "Ġburger",
+    "Ġphoto",
+    "Ġbad",
+    "Ġblurry",
+    "Ġquality",
+]
+_QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_QWEN_VOCAB_SIZE = 512
+
+
+def _qwen_merges() -> list[tuple[str, str]]:
+    """Merges that build each of `_QWEN_WORDS` from its first character, left to right."""
+    merges: list[tuple[str, str]] = []
+    for word in _QWEN_WORDS:
+        for end in range(2, len(word) + 1):
+            pair = (word[: end - 1], word[end - 1])
+            if pair not in merges:
+                merges.append(pair)
+    return merges
+
+
+def tiny_qwen_tokenizer() -> PreTrainedTokenizerBase:
+    """Build a Qwen2 tokenizer (byte-level BPE, chat special tokens) in memory.
+
+    Its pieces are the 256 bytes and the words of Qwen-Image's chat template (whose system
+    part is then 34 tokens, as with Qwen2.5's vocabulary) and of a few prompts;
+    `<|endoftext|>` (also padding), `<|im_start|>` and `<|im_end|>` are special tokens, as in
+    Qwen2.5's. It saves and loads
+    back (`save_pretrained`, `Qwen2TokenizerFast.from_pretrained`) to the same tokenizer.
+    """
+    vocab = {char: index for index, char in enumerate(_bytes_to_unicode())}
+    merges = _qwen_merges()
+    for first, second in merges:
+        vocab.setdefault(first + second, len(vocab))
+    # The model, normalizer, pre-tokenizer and decoder that transformers' Qwen2 tokenizer sets.
+    tokenizer = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+            byte_fallback=False,
+        )
+    )
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(token, special=True) for token in _QWEN_SPECIAL])
+    name = "Qwen2TokenizerFast"  # by name: the type stubs of transformers 5 lack it
+    fast = cast("type[PreTrainedTokenizerBase]", getattr(transformers, name))
+    # Qwen2's: `<|endoftext|>` is the unknown, end and padding token, and there is no start.
+    specials = dict.fromkeys(("unk_token", "eos_token", "pad_token"), _QWEN_SPECIAL[0])
+    return fast(tokenizer_object=tokenizer, bos_token=None, **specials)
+
+
+def tiny_qwen_image_components(seed: int = 0, *, dynamic_shifting: bool = True) -> dict[str, Any]:
+    """Build tiny random-weight Qwen-Image components.
+
+    Configured as diffusers' Qwen-Image fast tests (a 2-layer transformer, a 16-wide
+    Qwen2.5-VL, a video VAE with 4 latent channels and a scale factor of 4), with a
+    Qwen2.5-VL vocabulary the size of the in-memory tokenizer's and Qwen-Image's scheduler
+    configuration.
+
+    Args:
+        seed: Seed of the random weights; the same seed gives the same weights.
+        dynamic_shifting: Shift the schedule by the image's size, as Qwen-Image's
+            scheduler; false gives the scheduler's defaults.
+
+    Returns:
+        `transformer`, `vae`, `text_encoder`, `tokenizer` and `scheduler`, the component
+        names of diffusers' `QwenImagePipeline`.
+    """
+    tokenizer = tiny_qwen_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _QWEN_SPECIAL}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = QwenImageTransformer2DModel(
+            patch_size=2,
+            in_channels=16,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=3,
+            joint_attention_dim=16,
+            guidance_embeds=False,
+            axes_dims_rope=(8, 4, 4),
+        )
+        torch.manual_seed(seed)
+        vae: AutoencoderKLQwenImage = AutoencoderKLQwenImage(
+            base_dim=24,
+            z_dim=4,
+            dim_mult=[1, 2, 4],
+            num_res_blocks=1,
+            temperal_downsample=[False, True],
+            latents_mean=[0.0] * 4,
+            latents_std=[1.0] * 4,
+        )
+        torch.manual_seed(seed)
+        text = {
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "vocab_size": _QWEN_VOCAB_SIZE,
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|endoftext|>"],
+        }
+        vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2}
+        # transformers 4 reads these at the top of the config, 5 from `text_config`.
+        top: dict[str, Any] = {
+            key: text[key] for key in ("hidden_size", "vocab_size", "bos_token_id", "eos_token_id")
+        }
+        config = Qwen2_5_VLConfig(
+            text_config=text, vision_config={**vision, "out_hidden_size": 16}, **top
+        )
+        text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    shifting: dict[str, Any] = {}
+    if dynamic_shifting:
+        shifting = {
+            "shift": 1.0,
+            "use_dynamic_shifting": True,
+            "base_shift": 0.5,
+            "max_shift": 0.9,
+            "base_image_seq_len": 256,
+            "max_image_seq_len": 8192,
+            "shift_terminal": 0.02,
+        }
+    torch.nn.Module.eval(vae)
+    return {
+        "transformer": transformer.eval(),
+        "vae": vae,
+        "text_encoder": torch.nn.Module.eval(text_encoder),
+        "tokenizer": tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(**shifting),
     }

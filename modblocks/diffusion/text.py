@@ -19,12 +19,20 @@ _TOKENIZER_LOCK = threading.Lock()
 
 
 def tokenize(
-    tokenizer: PreTrainedTokenizerBase, text: str | list[str], max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    text: str | list[str],
+    max_length: int,
+    *,
+    longest: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize *text* padded and truncated to *max_length*; return ids and attention mask."""
+    """Tokenize *text* truncated to *max_length*; return ids and attention mask.
+
+    Texts are padded to *max_length*, or with *longest* to the longest of them.
+    """
+    padding = "longest" if longest else "max_length"
     with _TOKENIZER_LOCK:
         tokens = tokenizer(
-            text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+            text, padding=padding, max_length=max_length, truncation=True, return_tensors="pt"
         )
     ids: torch.Tensor = tokens["input_ids"]
     attention_mask: torch.Tensor = tokens["attention_mask"]

@@ -2,7 +2,8 @@
 
 SD 1.x scales latents by the VAE's `scaling_factor`. SDXL's VAE may run in float32
 (`force_upcast`) and normalize latents by `latents_mean` and `latents_std`. The VAEs of
-flow-matching models (SD3, Flux) shift latents by `shift_factor` before scaling them.
+flow-matching models (SD3, Flux) shift latents by `shift_factor` before scaling them;
+Qwen-Image's video VAE normalizes them by `latents_mean` and `latents_std`, one frame.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import threading
-from typing import Annotated, Any, Protocol, cast
+from typing import Annotated, Any, Protocol, TypeAlias, cast
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import AutoencoderKLQwenImage
 from typing_extensions import Doc
 
 import modblocks as mb
@@ -24,8 +26,10 @@ __all__ = [
     "Generator",
     "Images",  # kept importable from here, where it was first defined
     "OutputType",
+    "PackedVAE",
     "decode_latents",
     "decode_latents_flow",
+    "decode_latents_qwen",
     "decode_latents_xl",
     "encode_image",
     "encode_image_flow",
@@ -34,6 +38,10 @@ __all__ = [
     "vae_decode",
     "vae_scale_factor",
 ]
+
+
+PackedVAE: TypeAlias = AutoencoderKL | AutoencoderKLQwenImage
+"""The VAEs of the models that pack 2x2 latent patches into tokens (Flux, Qwen-Image)."""
 
 
 class _Codec(Protocol):
@@ -46,8 +54,10 @@ class _Codec(Protocol):
         """Return images decoded from latents *z*."""
 
 
-def vae_scale_factor(vae: AutoencoderKL) -> int:
+def vae_scale_factor(vae: PackedVAE) -> int:
     """Return how many pixels one latent pixel covers along each side (8 for SD)."""
+    if "temperal_downsample" in vae.config:  # Qwen-Image's (video) VAE: one per downsampling
+        return int(2 ** len(vae.config["temperal_downsample"]))
     return int(2 ** (len(vae.config["block_out_channels"]) - 1))
 
 
@@ -215,3 +225,24 @@ def decode_latents_flow(
         return latents
     latents = latents / vae.config["scaling_factor"] + vae.config["shift_factor"]
     return vae_decode(vae, latents)
+
+
+@mb.block(output="decoded")
+@torch.no_grad()  # inference only, also when run outside a Pipeline
+def decode_latents_qwen(
+    latents: Annotated[torch.Tensor, Doc("the denoised latents `(batch, c, h, w)`")],
+    vae: mb.Component[AutoencoderKLQwenImage],
+    output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
+) -> Annotated[torch.Tensor, Doc('images in [-1, 1], or the latents for `output_type` "latent"')]:
+    """Denormalize the latents as one video frame and decode it (Qwen-Image's VAE)."""
+    if output_type == "latent":
+        return latents
+    latents = latents.unsqueeze(2).to(dtype_of(vae))  # (batch, c, frames=1, h, w)
+    shape = (1, vae.config["z_dim"], 1, 1, 1)
+    mean = torch.tensor(vae.config["latents_mean"]).view(shape).to(latents.device, latents.dtype)
+    # As diffusers: divide by the reciprocal of the std (the same value, other rounding).
+    inverse_std = 1.0 / torch.tensor(vae.config["latents_std"]).view(shape)
+    latents = latents / inverse_std.to(latents.device, latents.dtype) + mean
+    codec = cast("Any", vae)  # its `decode` takes no generator
+    decoded: torch.Tensor = codec.decode(latents, return_dict=False)[0][:, :, 0]
+    return decoded

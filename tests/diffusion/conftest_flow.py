@@ -1,4 +1,4 @@
-"""Fixtures for the Flux and SD3 tests: tiny components and the classic pipelines to match.
+"""Fixtures for the Flux, SD3 and Qwen-Image tests: tiny components, the classic pipelines.
 
 pytest loads only files named ``conftest.py``; the test modules import these fixtures
 (``from tests.diffusion.conftest_flow import ...``), which registers them there. The
@@ -18,11 +18,16 @@ from diffusers import (
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxPipeline,
+    QwenImagePipeline,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
 )
 
-from modblocks.diffusion.testing import tiny_flux_components, tiny_sd3_components
+from modblocks.diffusion.testing import (
+    tiny_flux_components,
+    tiny_qwen_image_components,
+    tiny_sd3_components,
+)
 from tests.diffusion.conftest_sdxl import quiet_diffusers
 
 CLASSIC: dict[str, type[DiffusionPipeline]] = {
@@ -31,6 +36,7 @@ CLASSIC: dict[str, type[DiffusionPipeline]] = {
     "flux_inpaint": FluxInpaintPipeline,
     "sd3_text2img": StableDiffusion3Pipeline,
     "sd3_img2img": StableDiffusion3Img2ImgPipeline,
+    "qwen_image": QwenImagePipeline,
 }
 
 # 32x48 images (16x24 latents with the tiny 2x VAE), 3 steps and a short T5 sequence keep
@@ -54,6 +60,12 @@ def flux_components() -> dict[str, Any]:
 def sd3_components() -> dict[str, Any]:
     """Tiny random-weight SD3 components, with T5 and SD3's fixed shift."""
     return tiny_sd3_components()
+
+
+@pytest.fixture(scope="session")
+def qwen_image_components() -> dict[str, Any]:
+    """Tiny random-weight Qwen-Image components, with Qwen-Image's dynamic shift."""
+    return tiny_qwen_image_components()
 
 
 def run_classic(kind: str, components: dict[str, Any], **kwargs: Any) -> Any:

@@ -1,5 +1,6 @@
-"""`mb.Pipeline.from_pretrained` loads each family from a folder diffusers wrote, and
-`save_pretrained` writes one that diffusers' classic pipeline of the family loads."""
+"""`mb.Pipeline.from_pretrained` loads each family (SD, SDXL, Flux, SD3, Qwen-Image) from a
+folder diffusers wrote, and `save_pretrained` writes one that the family's classic pipeline
+loads."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ import pytest
 from diffusers import (
     DiffusionPipeline,
     FluxPipeline,
+    QwenImagePipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
 
 import modblocks as mb
-from modblocks.diffusion import flux, stable_diffusion, stable_diffusion_3, stable_diffusion_xl
+from modblocks.diffusion import (
+    flux,
+    qwen_image,
+    stable_diffusion,
+    stable_diffusion_3,
+    stable_diffusion_xl,
+)
 from modblocks.diffusion.testing import (
     tiny_flux_components,
+    tiny_qwen_image_components,
     tiny_sd3_components,
     tiny_sd_components,
     tiny_sdxl_components,
@@ -38,6 +47,12 @@ FAMILIES: dict[str, tuple[type[DiffusionPipeline], mb.Node, Any, dict[str, Any]]
     "sdxl": (StableDiffusionXLPipeline, stable_diffusion_xl, tiny_sdxl_components, {}),
     "flux": (FluxPipeline, flux, tiny_flux_components, {"max_sequence_length": 16}),
     "sd3": (StableDiffusion3Pipeline, stable_diffusion_3, tiny_sd3_components, {}),
+    "qwen_image": (
+        QwenImagePipeline,
+        qwen_image,
+        tiny_qwen_image_components,
+        {"max_sequence_length": 16},
+    ),
 }
 # Parts the blocks don't use, which the classic pipelines take (as None).
 EXTRA: dict[str, dict[str, Any]] = {
