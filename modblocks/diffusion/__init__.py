@@ -1,9 +1,11 @@
-"""Stable Diffusion 1.x as plain-function blocks, on diffusers' models and schedulers.
+"""Diffusion pipelines as plain-function blocks, on diffusers' models and schedulers.
 
-Each block is one step of diffusers' `StableDiffusionPipeline.__call__` (or of its
-image-to-image and inpainting siblings), written as a function that reads its inputs by
-name. With the same components, scheduler and seeded generators the ready-made nodes give
-the same images as the diffusers pipelines.
+Each block is one step of a diffusers pipeline's `__call__`, written as a function that
+reads its inputs by name. Ready-made nodes: Stable Diffusion 1.x (`stable_diffusion`:
+`text2img`, `img2img`, `inpaint`), SDXL (`stable_diffusion_xl`), SD3
+(`stable_diffusion_3`), Flux.1 (`flux`) and Qwen-Image (`qwen_image`). With the same
+components, scheduler and seeded generators they give the same images as the diffusers
+pipelines.
 
 Example:
     ```python
@@ -13,13 +15,15 @@ Example:
     images = stable_diffusion.run(**tiny_sd_components(), prompt="a cat")["images"]
     ```
 
-Not supported: IP-Adapter, LoRA scales, textual inversion, the safety checker, UNets with a
-guidance embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`.
+Not supported for SD 1.x: IP-Adapter, LoRA scales, textual inversion, the safety checker,
+UNets with a guidance embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`;
+each family's module (`families/`) lists its own.
 """
 
-# The package is laid out by stage: one module per step of a diffusion pipeline (`clip`,
-# `timesteps`, `latents`, `denoise`, `guidance`, `vae`, `image`, ...), shared by the families,
-# and one module per family under `families/` that composes them into the ready-made nodes.
+# The package is laid out by stage: one module per step of a diffusion pipeline (prompts:
+# `text`, `clip`, `t5`, `qwen`; `timesteps`, `flow_timesteps`; `latents`, `flow_latents`,
+# `packing`; `time_ids`; `denoise`, `flow_denoise`, `guidance`; `vae`; `image`), shared by
+# the families, and one module per family under `families/` that composes them.
 
 # Names listed in __all__ are re-exported (mypy's no_implicit_reexport accepts them).
 from .clip import PromptEmbeds, encode_prompt
