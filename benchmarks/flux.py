@@ -317,7 +317,6 @@ class Family:
     title: str
     components: Callable[[], dict[str, Any]]
     builders: Mapping[str, Builder]
-    may_differ: tuple[str, ...] = ()
 
 
 def _flux_components() -> dict[str, Any]:
@@ -368,7 +367,6 @@ def table(family: Family, settings: _harness.Settings) -> str:
         STEPS,
         settings,
         normalize=unpacked,
-        may_differ=family.may_differ,
         tensor_memory=True,
     )
 
