@@ -46,18 +46,14 @@ Run it from the repository root::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
-import json
-import os
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import tracemalloc
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,12 +67,13 @@ from modblocks.diffusion import stable_diffusion, text2img
 from modblocks.diffusion.testing import tiny_sd_components
 
 if TYPE_CHECKING:
-    from benchmarks import _harness
+    from benchmarks import _harness, _pipelines
 else:
     try:  # run as `python benchmarks/sd.py`, or imported as `benchmarks.sd`
-        from benchmarks import _harness
+        from benchmarks import _harness, _pipelines
     except ImportError:  # pragma: no cover - depends on how the script is started
         import _harness
+        import _pipelines
 
 DESCRIPTION = "Stable Diffusion text-to-image: modblocks vs diffusers' classic pipeline."
 Thunk = Callable[[], np.ndarray]
@@ -241,41 +238,6 @@ def python_heap_kib(thunk: Thunk) -> float:
     return peak / 1024
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Generator[None]:
-    """Send what this process writes to file descriptor 2 to /dev/null meanwhile."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with Path(os.devnull).open("w", encoding="ascii") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def tensor_peak_kib(thunk: Thunk) -> float:
-    """Peak of the bytes torch's CPU allocator held during one call, beyond those before it.
-
-    ``torch.profiler`` records every allocation and free with the running total of the
-    bytes allocated since it started ("Total Allocated").
-    """
-    with tempfile.TemporaryDirectory() as folder:
-        trace = Path(folder, "trace.json")
-        with (
-            _quiet_stderr(),  # the profiler logs its start and stop there, from C++
-            torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-            ) as profiler,
-        ):
-            thunk()
-        profiler.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text(encoding="utf-8"))["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max(totals, default=0) / 1024
-
-
 # --------------------------------------------------------------------------- peak RSS
 
 _STATUS = re.compile(r"^(VmHWM|VmRSS):\s+(\d+) kB$", re.MULTILINE)
@@ -347,7 +309,7 @@ def measure_all(scheduler: str, options: Options) -> dict[str, Result]:
         name: Result(
             samples=samples[name],
             rss_kib=peak_rss_kib(name, scheduler, steps, options.memory_repeats),
-            tensor_kib=tensor_peak_kib(thunk),
+            tensor_kib=_pipelines.tensor_peak_kib(thunk),
             heap_kib=python_heap_kib(thunk),
             max_diff=float(np.abs(images[name] - images[REFERENCE]).max()),
         )

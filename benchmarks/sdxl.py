@@ -31,8 +31,8 @@ over the hand-written per-step cost. The **peak memory** column is the peak of P
 heap allocations during one 20-step call (``tracemalloc``; tensor storage is allocated by
 torch outside the Python heap and is the same for all), after warm-up.
 
-``--lines`` prints the size of the code instead: lines of modblocks' SDXL module next to
-diffusers' modular SDXL folder, counted by one rule for both (`count_lines`).
+``--lines`` prints the size of the code instead: lines of the code modblocks' SDXL nodes run
+next to diffusers' modular SDXL folder, counted by one rule for both (`benchmarks/_lines.py`).
 
 Run it from the repository root::
 
@@ -44,13 +44,9 @@ Run it from the repository root::
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
-import io
 import sys
-import tokenize
-import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,14 +63,16 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from diffusers.utils import logging as diffusers_logging
 
 if TYPE_CHECKING:
-    from benchmarks import _harness
+    from benchmarks import _harness, _lines, _pipelines
 else:
     try:  # run as `python benchmarks/sdxl.py`, or imported as `benchmarks.sdxl`
-        from benchmarks import _harness
+        from benchmarks import _harness, _lines, _pipelines
     except ImportError:  # pragma: no cover - depends on how the script is started
         import _harness
+        import _lines
+        import _pipelines
 
-Thunk = Callable[[], torch.Tensor]
+Thunk = _pipelines.Thunk
 
 PROMPT = "a photo of a cat"
 SIZE = 32
@@ -174,24 +172,15 @@ def modblocks_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     return call
 
 
-def _disable_bars(block: Any) -> int:
-    """Disable the progress bar of *block* and every block under it; return how many."""
-    count = 0
-    if hasattr(block, "set_progress_bar_config"):
-        block.set_progress_bar_config(disable=True)
-        count += 1
-    for sub in getattr(block, "sub_blocks", {}).values():
-        count += _disable_bars(sub)
-    return count
-
-
 def modular_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
     """diffusers' ``StableDiffusionXLAutoBlocks`` pipeline, with a 5.0 guider."""
     pipe: Any = StableDiffusionXLAutoBlocks().init_pipeline()  # diffusers' calls are not typed
     scheduler = copy.deepcopy(comps["scheduler"])
     guider = ClassifierFreeGuidance(guidance_scale=GUIDANCE)
     pipe.update_components(**{**comps, "scheduler": scheduler}, guider=guider)
-    if not _disable_bars(pipe._blocks):  # the blocks the pipeline runs (`pipe.blocks` is a copy)
+    if not _pipelines.disable_bars(
+        pipe._blocks
+    ):  # the blocks the pipeline runs (`pipe.blocks` is a copy)
         msg = "found no progress bar to disable in the modular pipeline"
         raise RuntimeError(msg)
 
@@ -226,150 +215,45 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any], int], Thunk]] = {
 # --------------------------------------------------------------------------- measuring
 
 
-def check_same(thunks: Mapping[str, Thunk]) -> None:
-    """Check that every contender computes the hand-written latents (float32 rounding)."""
-    expected = thunks["hand-written"]()
-    for name, thunk in thunks.items():
-        got = thunk()
-        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
-            diff = float((got - expected).abs().max())
-            msg = f"{name} computes other latents than the hand-written code (max diff {diff})"
-            raise AssertionError(msg)
-
-
-def peak_kib(thunk: Thunk) -> float:
-    """Peak Python heap allocated during one call of *thunk*, in KiB (after a warm-up call)."""
-    thunk()
-    tracemalloc.start()
-    try:
-        thunk()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak / 1024
-
-
 def table(comps: Mapping[str, Any], settings: _harness.Settings) -> str:
     """Measure every contender at every step count, interleaved; return the report text."""
     thunks = {(name, steps): BUILDERS[name](comps, steps) for name in CONTENDERS for steps in STEPS}
-    for steps in STEPS:
-        check_same({name: thunks[name, steps] for name in CONTENDERS})
-    timings = _harness.measure_interleaved(
-        {f"{name} @{steps}": thunk for (name, steps), thunk in thunks.items()}, settings
-    )
-    hand, lo, hi = "hand-written", STEPS[1], STEPS[-1]
-
-    def slope(name: str) -> dict[str, float]:
-        return {f"{name} @{hi}": 1 / (hi - lo), f"{name} @{lo}": -1 / (hi - lo)}
-
-    def negated(weights: dict[str, float]) -> dict[str, float]:
-        return {key: -weight for key, weight in weights.items()}
-
-    fixed: dict[str, float | None] = {}
-    step_over: dict[str, float | None] = {}
-    rows: list[list[str]] = []
-    for name in CONTENDERS:
-        if name != hand:
-            fixed[name] = _harness.paired_us(timings, {f"{name} @1": 1, f"{hand} @1": -1})
-            step_over[name] = _harness.paired_us(timings, {**slope(name), **negated(slope(hand))})
-        rows.append(
-            [
-                name,
-                _harness.fmt(timings[f"{name} @1"].us / 1000),
-                _harness.fmt(fixed.get(name), 0),
-                _harness.fmt(_harness.paired_us(timings, slope(name)), 0),
-                _harness.fmt(step_over.get(name), 0),
-                _harness.fmt(peak_kib(thunks[name, hi]), 0),
-            ]
-        )
-    headers = [
-        "contender",
-        "ms / call (1 step)",
-        "fixed overhead µs",
-        "µs / step",
-        "step overhead µs",
-        "peak Python KiB (20 steps)",
-    ]
-    lines = [_harness.markdown_table(headers, rows), ""]
-    ours = fixed["modblocks"]
-    for other in ("diffusers modular", "diffusers classic"):
-        theirs = fixed[other]
-        if ours is None or theirs is None:
-            continue
-        # An overhead within the noise of the hand-written time has no meaningful ratio.
-        ratio = f"{theirs / ours:.0f}x modblocks'" if ours > 0 else "modblocks' is within noise"
-        lines.append(f"fixed overhead of {other}: {theirs / 1000:.1f} ms ({ratio})")
-    return "\n".join(lines)
+    return _pipelines.overhead_table(thunks, CONTENDERS, STEPS, settings)
 
 
 # --------------------------------------------------------------------------- line counts
 
-_NOT_CODE = {
-    tokenize.COMMENT,
-    tokenize.NL,
-    tokenize.NEWLINE,
-    tokenize.INDENT,
-    tokenize.DEDENT,
-    tokenize.ENCODING,
-    tokenize.ENDMARKER,
-}
-
-
-def count_lines(source: str, *, docstrings: bool) -> tuple[int, int]:
-    """Count the lines of *source* that hold code, and those of ControlNet/IP-Adapter classes.
-
-    The rule, the same for every file: a line counts if it holds a token other than a
-    comment or whitespace (blank and comment-only lines don't count). With *docstrings*
-    false, the lines of string statements (docstrings, also of attributes) don't count
-    either. Strings that are values (`Doc("...")`, a `description` property's text) always
-    count.
-
-    Returns:
-        The number of lines, and how many of them are in top-level classes whose name
-        holds ``ControlNet`` or ``IPAdapter`` (features modblocks' SDXL doesn't have).
-    """
-    lines: set[int] = set()
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type not in _NOT_CODE:
-            lines.update(range(token.start[0], token.end[0] + 1))
-    tree = ast.parse(source)
-    if not docstrings:
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Expr)
-                and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)
-            ):
-                lines -= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-    extra: set[int] = set()
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and (
-            "ControlNet" in node.name or "IPAdapter" in node.name
-        ):
-            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            extra |= lines & set(range(first, (node.end_lineno or node.lineno) + 1))
-    return len(lines), len(extra)
-
 
 def lines_table() -> str:
-    """Lines of modblocks' SDXL module next to diffusers' modular SDXL folder, both rules."""
+    """Lines of the code modblocks' SDXL nodes run next to diffusers' modular SDXL folder."""
     import diffusers.modular_pipelines.stable_diffusion_xl as modular
 
-    ours = [_harness.REPO_ROOT / "modblocks" / "diffusion" / "xl.py"]
     theirs = sorted(Path(modular.__file__).parent.glob("*.py"))
 
     def total(files: list[Path], *, docstrings: bool) -> tuple[int, int]:
-        counts = [count_lines(f.read_text(encoding="utf-8"), docstrings=docstrings) for f in files]
+        counts = [
+            _lines.count_lines(
+                f.read_text(encoding="utf-8"),
+                docstrings=docstrings,
+                extra=("ControlNet", "IPAdapter"),
+            )
+            for f in files
+        ]
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
-    (mine, _), (mine_bare, _) = total(ours, docstrings=True), total(ours, docstrings=False)
+    family, sd = ["modblocks.diffusion.families.sdxl"], ["modblocks.diffusion.families.sd"]
+    mine = _lines.reached_lines(family, docstrings=True)
+    mine_bare = _lines.reached_lines(family, docstrings=False)
+    own = _lines.reached_lines(family, docstrings=True, excluding=sd)
+    own_bare = _lines.reached_lines(family, docstrings=False, excluding=sd)
     (full, extra), (full_bare, extra_bare) = (
         total(theirs, docstrings=True),
         total(theirs, docstrings=False),
     )
     core, core_bare = full - extra, full_bare - extra_bare
     rows: list[list[object]] = [
-        ["modblocks `modblocks/diffusion/xl.py`", mine, mine_bare],
+        ["modblocks: all the code the SDXL nodes run", mine, mine_bare],
+        ["  of which SDXL's own (not run by SD 1.x)", own, own_bare],
         [
             f"diffusers `modular_pipelines/stable_diffusion_xl/` ({len(theirs)} files)",
             full,

@@ -123,6 +123,9 @@ def save_components(
     except ImportError:  # pragma: no cover - saving without diffusers is still possible
         expected = []
     for name, component in components.items():
+        if component is None:  # an optional part left out, e.g. SD3 without T5
+            index[name] = [None, None]
+            continue
         save = getattr(component, "save_pretrained", None)
         if save is None:
             msg = (

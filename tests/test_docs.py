@@ -43,6 +43,9 @@ OUTPUTS = {
     "concepts/errors.md": ["tutorial_errors.py"],
     "concepts/resume.md": ["tutorial_resume.py"],
     "coming_from_diffusers.md": ["tutorial_from_diffusers.py"],
+    "flux.md": ["flux.py"],
+    "sd3.md": ["sd3.py"],
+    "qwen_image.md": ["qwen_image.py"],
 }
 SNIPPET = re.compile(r'--8<-- "(?P<path>[^":]+)(?::[\w-]+)?"')
 

@@ -1,9 +1,11 @@
-"""Stable Diffusion 1.x as plain-function blocks, on diffusers' models and schedulers.
+"""Diffusion pipelines as plain-function blocks, on diffusers' models and schedulers.
 
-Each block is one step of diffusers' `StableDiffusionPipeline.__call__` (or of its
-image-to-image and inpainting siblings), written as a function that reads its inputs by
-name. With the same components, scheduler and seeded generators the ready-made nodes give
-the same images as the diffusers pipelines.
+Each block is one step of a diffusers pipeline's `__call__`, written as a function that
+reads its inputs by name. Ready-made nodes: Stable Diffusion 1.x (`stable_diffusion`:
+`text2img`, `img2img`, `inpaint`), SDXL (`stable_diffusion_xl`), SD3
+(`stable_diffusion_3`), Flux.1 (`flux`) and Qwen-Image (`qwen_image`). With the same
+components, scheduler and seeded generators they give the same images as the diffusers
+pipelines.
 
 Example:
     ```python
@@ -13,22 +15,34 @@ Example:
     images = stable_diffusion.run(**tiny_sd_components(), prompt="a cat")["images"]
     ```
 
-Not supported: IP-Adapter, LoRA scales, textual inversion, the safety checker, UNets with a
-guidance embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`.
+Not supported for SD 1.x: IP-Adapter, LoRA scales, textual inversion, the safety checker,
+UNets with a guidance embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`;
+each family's module (`families/`) lists its own.
 """
 
+# The package is laid out by stage: one module per step of a diffusion pipeline (prompts:
+# `text`, `clip`, `t5`, `qwen`; `timesteps`, `flow_timesteps`; `latents`, `flow_latents`,
+# `packing`; `time_ids`; `denoise`, `flow_denoise`, `guidance`; `vae`; `image`), shared by
+# the families, and one module per family under `families/` that composes them.
+
 # Names listed in __all__ are re-exported (mypy's no_implicit_reexport accepts them).
+from .clip import PromptEmbeds, encode_prompt
 from .denoise import (
     add_inpaint_channels,
     blend_masked_latents,
     denoise,
     denoise_inpaint,
     predict_noise,
-    rescale_noise_cfg,
     scale_model_input,
     scheduler_step,
 )
-from .image import Size, default_size, preprocess_image, preprocess_mask
+from .families.flux import flux, flux_img2img, flux_inpaint, flux_text2img
+from .families.qwen_image import qwen_image
+from .families.sd import img2img, inpaint, stable_diffusion, text2img
+from .families.sd3 import sd3_img2img, sd3_text2img, stable_diffusion_3
+from .families.sdxl import sdxl_img2img, sdxl_inpaint, sdxl_text2img, stable_diffusion_xl
+from .guidance import rescale_noise_cfg
+from .image import Size, default_size, postprocess, preprocess_image, preprocess_mask
 from .latents import (
     InpaintLatents,
     MaskLatents,
@@ -37,8 +51,6 @@ from .latents import (
     prepare_latents,
     prepare_mask_latents,
 )
-from .pipelines import img2img, inpaint, stable_diffusion, text2img
-from .text import PromptEmbeds, encode_prompt
 from .timesteps import (
     StrengthTimesteps,
     Timesteps,
@@ -46,8 +58,7 @@ from .timesteps import (
     inpaint_timesteps,
     set_timesteps,
 )
-from .vae import decode_latents, postprocess
-from .xl import sdxl_img2img, sdxl_inpaint, sdxl_text2img, stable_diffusion_xl
+from .vae import decode_latents
 
 __all__ = [
     "InpaintLatents",
@@ -63,6 +74,10 @@ __all__ = [
     "denoise",
     "denoise_inpaint",
     "encode_prompt",
+    "flux",
+    "flux_img2img",
+    "flux_inpaint",
+    "flux_text2img",
     "img2img",
     "img2img_timesteps",
     "inpaint",
@@ -75,14 +90,18 @@ __all__ = [
     "prepare_mask_latents",
     "preprocess_image",
     "preprocess_mask",
+    "qwen_image",
     "rescale_noise_cfg",
     "scale_model_input",
     "scheduler_step",
+    "sd3_img2img",
+    "sd3_text2img",
     "sdxl_img2img",
     "sdxl_inpaint",
     "sdxl_text2img",
     "set_timesteps",
     "stable_diffusion",
+    "stable_diffusion_3",
     "stable_diffusion_xl",
     "text2img",
 ]

@@ -17,7 +17,7 @@ __all__ = ["Scheduler", "typed"]
 
 
 class Scheduler(Protocol):
-    """The part of a diffusers scheduler that Stable Diffusion uses."""
+    """The part of a diffusers scheduler that the blocks use."""
 
     timesteps: torch.Tensor
     init_noise_sigma: float | torch.Tensor
@@ -40,6 +40,12 @@ class Scheduler(Protocol):
         **kwargs: Any,
     ) -> Any:
         """Compute the latents of the previous timestep."""
+
+    def scale_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Noise samples to the given timesteps (flow matching: a mix with the noise)."""
+        ...
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor

@@ -1,9 +1,14 @@
-"""Timesteps: a per-run copy of the scheduler, set for this run's schedule."""
+"""Timesteps: a per-run copy of the scheduler, set for this run's schedule.
+
+Text-to-image runs the whole schedule; image-to-image and inpainting skip to `strength`;
+SDXL's base and refiner split it at `denoising_end` / `denoising_start`.
+"""
 
 from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Sequence
 from typing import Annotated, NamedTuple
 
 import torch
@@ -14,13 +19,17 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._scheduler import typed
-from .vae import device_of
+from .common import device_of
 
 __all__ = [
     "StrengthTimesteps",
     "Timesteps",
+    "apply_denoising_end",
     "img2img_timesteps",
+    "img2img_timesteps_xl",
     "inpaint_timesteps",
+    "inpaint_timesteps_xl",
+    "retrieve_timesteps",
     "set_timesteps",
 ]
 
@@ -58,6 +67,24 @@ def set_timesteps(
     Schedulers keep state (`timesteps`, `step_index`), so each run works on its own copy:
     one pipeline can then serve concurrent runs.
     """
+    return retrieve_timesteps(
+        scheduler, device_of(unet), num_inference_steps, timesteps=timesteps, sigmas=sigmas
+    )
+
+
+def retrieve_timesteps(
+    scheduler: SchedulerMixin,
+    device: torch.device,
+    num_inference_steps: int,
+    *,
+    timesteps: list[int] | None = None,
+    sigmas: Sequence[float] | None = None,
+    mu: float | None = None,
+) -> Timesteps:
+    """Copy *scheduler* and set its timesteps, or custom ones (diffusers' `retrieve_timesteps`).
+
+    A *mu* goes to `set_timesteps` too (flow matching's resolution-dependent shift).
+    """
     # Deep, because `step` changes state in place (PNDM and DPM-Solver fill lists of past
     # outputs) and no scheduler promises that `set_timesteps` replaces all of it. It costs
     # under a millisecond, a fifth of `from_config`.
@@ -65,11 +92,12 @@ def set_timesteps(
     if timesteps is not None and sigmas is not None:
         msg = "give at most one of `timesteps` and `sigmas`."
         raise ValueError(msg)
-    custom: dict[str, list[int] | list[float]] = {}
+    custom: dict[str, list[int] | Sequence[float]] = {}
     if timesteps is not None:
         custom = {"timesteps": timesteps}
     elif sigmas is not None:
         custom = {"sigmas": sigmas}
+    kwargs = {} if mu is None else {"mu": mu}
     sched = typed(scheduler)
     for name in custom:
         if name not in inspect.signature(sched.set_timesteps).parameters:
@@ -79,9 +107,9 @@ def set_timesteps(
             )
             raise ValueError(msg)
     if custom:
-        sched.set_timesteps(device=device_of(unet), **custom)
+        sched.set_timesteps(device=device, **custom, **kwargs)
         return Timesteps(scheduler, sched.timesteps, len(sched.timesteps))
-    sched.set_timesteps(num_inference_steps, device=device_of(unet))
+    sched.set_timesteps(num_inference_steps, device=device, **kwargs)
     return Timesteps(scheduler, sched.timesteps, num_inference_steps)
 
 
@@ -136,3 +164,91 @@ def inpaint_timesteps(
 ) -> StrengthTimesteps:
     """Keep the last `strength` part of the schedule; inpainting's default is all of it."""
     return _skip_to_strength(scheduler, num_inference_steps, strength)
+
+
+# --- timesteps ---------------------------------------------------------------------------
+
+
+def _fraction(value: float | None) -> float | None:
+    """Return *value* if it is a float strictly between 0 and 1 (else diffusers ignores it)."""
+    return value if isinstance(value, float) and 0 < value < 1 else None
+
+
+def _cutoff(scheduler: SchedulerMixin, fraction: float) -> int:
+    """Return the training timestep at *fraction* of the way from noise to image."""
+    steps: int = typed(scheduler).config["num_train_timesteps"]
+    return round(steps - fraction * steps)
+
+
+def _start_timesteps(
+    scheduler: SchedulerMixin,
+    num_inference_steps: int,
+    strength: float,
+    denoising_start: float | None,
+    denoising_end: float | None,
+) -> StrengthTimesteps:
+    """Skip to `strength`, or to `denoising_start` if given (diffusers' SDXL `get_timesteps`)."""
+    start, end = _fraction(denoising_start), _fraction(denoising_end)
+    if start is not None and end is not None and start >= end:
+        msg = f"`denoising_start` {start} must be smaller than `denoising_end` {end}."
+        raise ValueError(msg)
+    if start is None:
+        return _skip_to_strength(scheduler, num_inference_steps, strength)
+    all_timesteps = typed(scheduler).timesteps
+    steps = int((all_timesteps < _cutoff(scheduler, start)).sum())
+    if typed(scheduler).order == 2 and steps % 2 == 0:
+        steps += 1  # end after a second-order step's second half, not between its halves
+    begin = len(all_timesteps) - steps
+    set_begin_index = getattr(scheduler, "set_begin_index", None)
+    if set_begin_index is not None:
+        set_begin_index(begin)
+    return StrengthTimesteps(scheduler, all_timesteps[begin:], steps)
+
+
+_START_DOC = Doc("start at this fraction of the schedule instead (a refiner's, with latents)")
+_END_DOC = Doc("stop at this fraction of the schedule, leaving noisy latents (a base's)")
+
+
+@mb.block
+def img2img_timesteps_xl(
+    scheduler: mb.Component[SchedulerMixin],
+    num_inference_steps: Annotated[int, Doc("the number of steps of the full schedule")],
+    strength: Annotated[
+        float, Doc("how much to change the image, from 0 (not at all) to 1 (pure noise)")
+    ] = 0.3,
+    denoising_start: Annotated[float | None, _START_DOC] = None,
+    denoising_end: Annotated[float | None, _END_DOC] = None,
+) -> StrengthTimesteps:
+    """Keep the last `strength` part of the schedule, or start at `denoising_start`."""
+    return _start_timesteps(
+        scheduler, num_inference_steps, strength, denoising_start, denoising_end
+    )
+
+
+@mb.block
+def inpaint_timesteps_xl(
+    scheduler: mb.Component[SchedulerMixin],
+    num_inference_steps: Annotated[int, Doc("the number of steps of the full schedule")],
+    strength: Annotated[
+        float, Doc("how much to change the masked area, from 0 (not at all) to 1 (pure noise)")
+    ] = 0.9999,
+    denoising_start: Annotated[float | None, _START_DOC] = None,
+    denoising_end: Annotated[float | None, _END_DOC] = None,
+) -> StrengthTimesteps:
+    """Keep the last `strength` part of the schedule (default 0.9999), or `denoising_start`."""
+    return _start_timesteps(
+        scheduler, num_inference_steps, strength, denoising_start, denoising_end
+    )
+
+
+@mb.block(output="timesteps")
+def apply_denoising_end(
+    timesteps: Annotated[torch.Tensor, Doc("the timesteps to denoise at")],
+    scheduler: mb.Component[SchedulerMixin],
+    denoising_end: Annotated[float | None, _END_DOC] = None,
+) -> Annotated[torch.Tensor, Doc("the timesteps before `denoising_end`")]:
+    """Drop the timesteps after `denoising_end`, for a refiner to finish (base + refiner)."""
+    end = _fraction(denoising_end)
+    if end is None:
+        return timesteps
+    return timesteps[: int((timesteps >= _cutoff(scheduler, end)).sum())]
