@@ -1,0 +1,79 @@
+"""Tiny random adapters for the tiny components of `modblocks.diffusion.testing`.
+
+Built offline with PEFT, as diffusers' own fast tests build theirs: random, non-zero weights,
+so that an adapter visibly changes the images.
+
+Example:
+    ```python
+    from modblocks.diffusion.testing import tiny_sd_components
+    from modblocks.diffusion.testing_adapters import tiny_lora
+
+    state_dict = tiny_lora(tiny_sd_components())
+    ```
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.utils import get_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]
+
+__all__ = ["tiny_lora"]
+
+# The attention projections, as diffusers' LoRA trainers target them.
+_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def _lora_layers(
+    model: torch.nn.Module, targets: list[str], rank: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Add a random adapter to a copy of *model*; return the adapter's weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False
+        )
+        # PEFT itself, not the models' `add_adapter`: transformers' wants a newer PEFT.
+        clone = inject_adapter_in_model(config, copy.deepcopy(model))
+    layers: dict[str, torch.Tensor] = get_peft_model_state_dict(clone)
+    return {k: v.detach().clone() for k, v in layers.items()}
+
+
+def tiny_lora(
+    components: Mapping[str, Any],
+    seed: int = 0,
+    *,
+    rank: int = 4,
+    text_encoders: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Make a random LoRA state dict for the UNet (and text encoders) of *components*.
+
+    The keys are those `save_lora_weights` writes (`unet.…`, `text_encoder.…`,
+    `text_encoder_2.…`), so both `pipe.load_lora_weights` and diffusers' pipelines load it.
+
+    Args:
+        components: Tiny components (`tiny_sd_components()` or `tiny_sdxl_components()`); they
+            are not changed.
+        seed: Seed of the random adapter weights.
+        rank: The LoRA rank.
+        text_encoders: Also make layers for the text encoders.
+
+    Returns:
+        The adapter's weights, by name.
+    """
+    state: dict[str, torch.Tensor] = {}
+    models = [("unet", _UNET_TARGETS)]
+    if text_encoders:
+        models += [("text_encoder", _TEXT_TARGETS), ("text_encoder_2", _TEXT_TARGETS)]
+    for offset, (name, targets) in enumerate(models):
+        model = components.get(name)
+        if model is None:
+            continue
+        layers = _lora_layers(model, targets, rank, seed + offset)
+        state.update({f"{name}.{key}": value for key, value in layers.items()})
+    return state
