@@ -1,0 +1,57 @@
+"""Add to the denoising loop of ready-made nodes, through switches and sequences.
+
+A stand-in for path editing (`node.insert(x, before="text2img > denoise > predict_noise")`),
+built on the public `Sequential.insert` / `replace` and `attrs.evolve` of loops and
+switches; once paths reach into loops and switches, each call becomes one line of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+import modblocks as mb
+
+__all__ = ["edit_denoise"]
+
+BodyEdit = Callable[[mb.Sequential], mb.Sequential]
+
+
+def edit_denoise(
+    node: mb.Node, body: BodyEdit, *, before: mb.Node | None = None, loop: str = "denoise"
+) -> mb.Node:
+    """Return *node* with every loop named *loop* given a new body, `body(old_body)`.
+
+    Args:
+        node: A ready-made node (a sequence, or a switch of sequences).
+        body: Makes the new loop body from the old one (`Sequential.insert`, `replace`).
+        before: A node to insert before each such loop, in the sequence that holds it.
+        loop: The name of the loops to edit.
+
+    Returns:
+        The edited copy; *node* is unchanged.
+    """
+    if isinstance(node, mb.Switch):
+        branches = tuple(
+            (label, edit_denoise(n, body, before=before, loop=loop)) for label, n in node.branches
+        )
+        default = (
+            None
+            if node.default is None
+            else edit_denoise(node.default, body, before=before, loop=loop)
+        )
+        return attrs.evolve(node, branches=branches, default=default)
+    if not isinstance(node, mb.Sequential):
+        return node
+    edited = node
+    for name in node.names:
+        child = node[name]
+        if isinstance(child, mb.Loop) and name == loop:
+            assert isinstance(child.body, mb.Sequential)
+            edited = edited.replace(name, attrs.evolve(child, body=body(child.body)))
+            if before is not None:
+                edited = edited.insert(before, before=name)
+        elif isinstance(child, mb.Sequential | mb.Switch):
+            edited = edited.replace(name, edit_denoise(child, body, before=before, loop=loop))
+    return edited
