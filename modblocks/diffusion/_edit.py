@@ -13,7 +13,7 @@ import attrs
 
 import modblocks as mb
 
-__all__ = ["edit_denoise"]
+__all__ = ["edit_denoise", "replace_block"]
 
 BodyEdit = Callable[[mb.Sequential], mb.Sequential]
 
@@ -54,4 +54,25 @@ def edit_denoise(
                 edited = edited.insert(before, before=name)
         elif isinstance(child, mb.Sequential | mb.Switch):
             edited = edited.replace(name, edit_denoise(child, body, before=before, loop=loop))
+    return edited
+
+
+def replace_block(node: mb.Node, name: str, new: mb.Node) -> mb.Node:
+    """Return *node* with every sub-block *name* of its sequences replaced by *new*.
+
+    Looks through switches and sequences (not into loops); *new* keeps the old name.
+    """
+    if isinstance(node, mb.Switch):
+        branches = tuple((label, replace_block(n, name, new)) for label, n in node.branches)
+        default = None if node.default is None else replace_block(node.default, name, new)
+        return attrs.evolve(node, branches=branches, default=default)
+    if not isinstance(node, mb.Sequential):
+        return node
+    edited = node
+    for child_name in node.names:
+        child = node[child_name]
+        if child_name == name:
+            edited = edited.replace(child_name, new)
+        elif isinstance(child, mb.Sequential | mb.Switch):
+            edited = edited.replace(child_name, replace_block(child, name, new))
     return edited
