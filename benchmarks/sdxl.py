@@ -31,8 +31,8 @@ over the hand-written per-step cost. The **peak memory** column is the peak of P
 heap allocations during one 20-step call (``tracemalloc``; tensor storage is allocated by
 torch outside the Python heap and is the same for all), after warm-up.
 
-``--lines`` prints the size of the code instead: lines of modblocks' SDXL module next to
-diffusers' modular SDXL folder, counted by one rule for both (`count_lines`).
+``--lines`` prints the size of the code instead: lines of the code modblocks' SDXL nodes run
+next to diffusers' modular SDXL folder, counted by one rule for both (`benchmarks/_lines.py`).
 
 Run it from the repository root::
 
@@ -44,12 +44,9 @@ Run it from the repository root::
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
-import io
 import sys
-import tokenize
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -67,12 +64,13 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from diffusers.utils import logging as diffusers_logging
 
 if TYPE_CHECKING:
-    from benchmarks import _harness
+    from benchmarks import _harness, _lines
 else:
     try:  # run as `python benchmarks/sdxl.py`, or imported as `benchmarks.sdxl`
-        from benchmarks import _harness
+        from benchmarks import _harness, _lines
     except ImportError:  # pragma: no cover - depends on how the script is started
         import _harness
+        import _lines
 
 Thunk = Callable[[], torch.Tensor]
 
@@ -304,72 +302,37 @@ def table(comps: Mapping[str, Any], settings: _harness.Settings) -> str:
 
 # --------------------------------------------------------------------------- line counts
 
-_NOT_CODE = {
-    tokenize.COMMENT,
-    tokenize.NL,
-    tokenize.NEWLINE,
-    tokenize.INDENT,
-    tokenize.DEDENT,
-    tokenize.ENCODING,
-    tokenize.ENDMARKER,
-}
-
-
-def count_lines(source: str, *, docstrings: bool) -> tuple[int, int]:
-    """Count the lines of *source* that hold code, and those of ControlNet/IP-Adapter classes.
-
-    The rule, the same for every file: a line counts if it holds a token other than a
-    comment or whitespace (blank and comment-only lines don't count). With *docstrings*
-    false, the lines of string statements (docstrings, also of attributes) don't count
-    either. Strings that are values (`Doc("...")`, a `description` property's text) always
-    count.
-
-    Returns:
-        The number of lines, and how many of them are in top-level classes whose name
-        holds ``ControlNet`` or ``IPAdapter`` (features modblocks' SDXL doesn't have).
-    """
-    lines: set[int] = set()
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type not in _NOT_CODE:
-            lines.update(range(token.start[0], token.end[0] + 1))
-    tree = ast.parse(source)
-    if not docstrings:
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Expr)
-                and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)
-            ):
-                lines -= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-    extra: set[int] = set()
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and (
-            "ControlNet" in node.name or "IPAdapter" in node.name
-        ):
-            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            extra |= lines & set(range(first, (node.end_lineno or node.lineno) + 1))
-    return len(lines), len(extra)
-
 
 def lines_table() -> str:
-    """Lines of modblocks' SDXL module next to diffusers' modular SDXL folder, both rules."""
+    """Lines of the code modblocks' SDXL nodes run next to diffusers' modular SDXL folder."""
     import diffusers.modular_pipelines.stable_diffusion_xl as modular
 
-    ours = [_harness.REPO_ROOT / "modblocks" / "diffusion" / "xl.py"]
     theirs = sorted(Path(modular.__file__).parent.glob("*.py"))
 
     def total(files: list[Path], *, docstrings: bool) -> tuple[int, int]:
-        counts = [count_lines(f.read_text(encoding="utf-8"), docstrings=docstrings) for f in files]
+        counts = [
+            _lines.count_lines(
+                f.read_text(encoding="utf-8"),
+                docstrings=docstrings,
+                extra=("ControlNet", "IPAdapter"),
+            )
+            for f in files
+        ]
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
-    (mine, _), (mine_bare, _) = total(ours, docstrings=True), total(ours, docstrings=False)
+    family, sd = ["modblocks.diffusion.families.sdxl"], ["modblocks.diffusion.families.sd"]
+    mine = _lines.reached_lines(family, docstrings=True)
+    mine_bare = _lines.reached_lines(family, docstrings=False)
+    own = _lines.reached_lines(family, docstrings=True, excluding=sd)
+    own_bare = _lines.reached_lines(family, docstrings=False, excluding=sd)
     (full, extra), (full_bare, extra_bare) = (
         total(theirs, docstrings=True),
         total(theirs, docstrings=False),
     )
     core, core_bare = full - extra, full_bare - extra_bare
     rows: list[list[object]] = [
-        ["modblocks `modblocks/diffusion/xl.py`", mine, mine_bare],
+        ["modblocks: all the code the SDXL nodes run", mine, mine_bare],
+        ["  of which SDXL's own (not run by SD 1.x)", own, own_bare],
         [
             f"diffusers `modular_pipelines/stable_diffusion_xl/` ({len(theirs)} files)",
             full,

@@ -17,18 +17,25 @@ Not supported: IP-Adapter, LoRA scales, textual inversion, the safety checker, U
 guidance embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`.
 """
 
+# The package is laid out by stage: one module per step of a diffusion pipeline (`clip`,
+# `timesteps`, `latents`, `denoise`, `guidance`, `vae`, `image`, ...), shared by the families,
+# and one module per family under `families/` that composes them into the ready-made nodes.
+
 # Names listed in __all__ are re-exported (mypy's no_implicit_reexport accepts them).
+from .clip import PromptEmbeds, encode_prompt
 from .denoise import (
     add_inpaint_channels,
     blend_masked_latents,
     denoise,
     denoise_inpaint,
     predict_noise,
-    rescale_noise_cfg,
     scale_model_input,
     scheduler_step,
 )
-from .image import Size, default_size, preprocess_image, preprocess_mask
+from .families.sd import img2img, inpaint, stable_diffusion, text2img
+from .families.sdxl import sdxl_img2img, sdxl_inpaint, sdxl_text2img, stable_diffusion_xl
+from .guidance import rescale_noise_cfg
+from .image import Size, default_size, postprocess, preprocess_image, preprocess_mask
 from .latents import (
     InpaintLatents,
     MaskLatents,
@@ -37,8 +44,6 @@ from .latents import (
     prepare_latents,
     prepare_mask_latents,
 )
-from .pipelines import img2img, inpaint, stable_diffusion, text2img
-from .text import PromptEmbeds, encode_prompt
 from .timesteps import (
     StrengthTimesteps,
     Timesteps,
@@ -46,8 +51,7 @@ from .timesteps import (
     inpaint_timesteps,
     set_timesteps,
 )
-from .vae import decode_latents, postprocess
-from .xl import sdxl_img2img, sdxl_inpaint, sdxl_text2img, stable_diffusion_xl
+from .vae import decode_latents
 
 __all__ = [
     "InpaintLatents",

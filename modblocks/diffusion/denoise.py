@@ -1,4 +1,9 @@
-"""The denoising loop: one UNet call per step on the batch `[negative, positive]`."""
+"""The denoising loop and its parts: one UNet call per step on the batch `[negative, positive]`.
+
+Each loop runs `scale_model_input`, `predict_noise` (the model call and guidance) and
+`scheduler_step`; inpainting adds the mask channels before the model call, and re-blends the
+unmasked area after the step for legacy 4-channel UNets.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +20,18 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._scheduler import typed
-from .vae import Generator
+from .common import Generator
+from .guidance import guide
 
 __all__ = [
     "add_inpaint_channels",
     "blend_masked_latents",
     "denoise",
     "denoise_inpaint",
+    "denoise_inpaint_xl",
+    "denoise_xl",
     "predict_noise",
-    "rescale_noise_cfg",
+    "predict_noise_xl",
     "scale_model_input",
     "scheduler_step",
 ]
@@ -62,27 +70,6 @@ def add_inpaint_channels(
     return torch.cat([latent_model_input, mask, masked_image_latents], dim=1)
 
 
-def rescale_noise_cfg(
-    noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0
-) -> torch.Tensor:
-    """Rescale guided noise towards the text prediction's std (arXiv 2305.08891, section 3.4).
-
-    Args:
-        noise_cfg: The guided noise prediction.
-        noise_pred_text: The noise prediction for the prompt alone.
-        guidance_rescale: How much of the rescaled prediction to take, from 0 to 1.
-
-    Returns:
-        The mix of the rescaled and the guided prediction.
-    """
-    dims = list(range(1, noise_pred_text.ndim))
-    std_text = noise_pred_text.std(dim=dims, keepdim=True)
-    std_cfg = noise_cfg.std(dim=dims, keepdim=True)
-    # Rescaling fixes overexposure; mixing back avoids plain-looking images.
-    rescaled = noise_cfg * (std_text / std_cfg)
-    return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
-
-
 @mb.block(output="noise_pred")
 @torch.no_grad()  # inference only, also when run outside a Pipeline
 def predict_noise(
@@ -103,27 +90,31 @@ def predict_noise(
     return guide(noise_pred, do_cfg, guidance_scale, guidance_rescale)
 
 
-def guide(
-    noise_pred: torch.Tensor, do_cfg: bool, guidance_scale: float, guidance_rescale: float
-) -> torch.Tensor:
-    """Apply classifier-free guidance to a UNet output on the batch `[negative, positive]`.
-
-    Args:
-        noise_pred: The UNet's noise prediction, negative half first when *do_cfg*.
-        do_cfg: Whether classifier-free guidance is on; if not, *noise_pred* is returned.
-        guidance_scale: The guidance weight.
-        guidance_rescale: How much to rescale the guided prediction (0: not at all).
-
-    Returns:
-        The guided noise prediction.
-    """
-    if not do_cfg:
-        return noise_pred
-    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-    if guidance_rescale > 0.0:
-        noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, guidance_rescale)
-    return noise_pred
+@mb.block(output="noise_pred")
+@torch.no_grad()  # inference only, also when run outside a Pipeline
+def predict_noise_xl(
+    latent_model_input: Annotated[torch.Tensor, Doc("the UNet's input")],
+    t: Annotated[torch.Tensor, _T_DOC],
+    prompt_embeds: Annotated[torch.Tensor, Doc("text embeddings, negative first with guidance")],
+    add_text_embeds: Annotated[torch.Tensor, Doc("pooled text embeddings")],
+    add_time_ids: Annotated[torch.Tensor, Doc("micro-conditioning time ids")],
+    do_cfg: Annotated[bool, Doc("whether classifier-free guidance is on")],
+    unet: mb.Component[UNet2DConditionModel],
+    guidance_scale: Annotated[float, Doc("classifier-free guidance weight")] = 5.0,
+    guidance_rescale: Annotated[
+        float, Doc("rescale guided noise to fix overexposure (0: off), arXiv 2305.08891")
+    ] = 0.0,
+) -> Annotated[torch.Tensor, Doc("the noise prediction, guided")]:
+    """Predict the noise with one UNet call conditioned on SDXL's extra inputs, and guide it."""
+    added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
+    noise_pred: torch.Tensor = unet(
+        latent_model_input,
+        t,
+        encoder_hidden_states=prompt_embeds,
+        added_cond_kwargs=added_cond_kwargs,
+        return_dict=False,
+    )[0]
+    return guide(noise_pred, do_cfg, guidance_scale, guidance_rescale)
 
 
 @functools.cache
@@ -177,19 +168,28 @@ def blend_masked_latents(
     return (1 - mask) * init_latents_proper + mask * latents
 
 
-denoise = mb.loop(
-    scale_model_input >> predict_noise >> scheduler_step, over="timesteps", index="i", item="t"
-).named("denoise")
+_loop = functools.partial(mb.loop, over="timesteps", index="i", item="t")
+
+denoise = _loop(scale_model_input >> predict_noise >> scheduler_step).named("denoise")
 """The denoising loop of text-to-image and image-to-image."""
 
-denoise_inpaint = mb.loop(
+denoise_inpaint = _loop(
     scale_model_input
     >> add_inpaint_channels
     >> predict_noise
     >> scheduler_step
-    >> blend_masked_latents,
-    over="timesteps",
-    index="i",
-    item="t",
+    >> blend_masked_latents
 ).named("denoise")
 """The denoising loop of inpainting: adds the mask channels, or re-blends for 4-channel UNets."""
+
+denoise_xl = _loop(scale_model_input >> predict_noise_xl >> scheduler_step).named("denoise")
+"""The denoising loop of SDXL text-to-image and image-to-image."""
+
+denoise_inpaint_xl = _loop(
+    scale_model_input
+    >> add_inpaint_channels
+    >> predict_noise_xl
+    >> scheduler_step
+    >> blend_masked_latents
+).named("denoise")
+"""The denoising loop of SDXL inpainting: 9-channel UNets, or re-blending for 4-channel ones."""

@@ -1,20 +1,48 @@
-"""Image inputs: the output size, and images and masks as tensors."""
+"""Images in and out: the output size, images and masks as tensors, and the output images."""
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple
+import functools
+from typing import Annotated, NamedTuple, cast
 
 import torch
-from diffusers.image_processor import PipelineImageInput
+from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from typing_extensions import Doc
 
 import modblocks as mb
 
-from .vae import image_processor, vae_scale_factor
+from .common import Images, OutputType
+from .vae import vae_scale_factor
 
-__all__ = ["Size", "default_size", "preprocess_image", "preprocess_mask"]
+__all__ = [
+    "Size",
+    "default_size",
+    "image_processor",
+    "postprocess",
+    "preprocess_image",
+    "preprocess_mask",
+]
+
+
+@functools.cache
+def image_processor(scale_factor: int, *, mask: bool = False) -> VaeImageProcessor:
+    """Return diffusers' image processor for images, or for masks (binarized, grayscale).
+
+    Processors hold only their configuration, so one per setting is shared by all runs.
+    """
+    processor: VaeImageProcessor
+    if mask:
+        processor = VaeImageProcessor(
+            vae_scale_factor=scale_factor,
+            do_normalize=False,
+            do_binarize=True,
+            do_convert_grayscale=True,
+        )
+    else:
+        processor = VaeImageProcessor(vae_scale_factor=scale_factor)
+    return processor
 
 
 class Size(NamedTuple):
@@ -73,3 +101,17 @@ def preprocess_mask(
     """Convert the mask(s) to a binary `(batch, 1, height, width)` tensor."""
     processor = image_processor(vae_scale_factor(vae), mask=True)
     return processor.preprocess(mask_image, height=height, width=width)
+
+
+@mb.block(output="images")
+def postprocess(
+    decoded: Annotated[torch.Tensor, Doc("decoded images in [-1, 1], or latents")],
+    output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
+) -> Annotated[Images, Doc("the generated images, of type `output_type`")]:
+    """Convert decoded images to the output type: PIL images, a NumPy array or a tensor."""
+    # The scale factor only matters for resizing, which postprocessing never does.
+    images = image_processor(8).postprocess(
+        decoded, output_type=output_type, do_denormalize=[True] * decoded.shape[0]
+    )
+    # diffusers annotates one PIL image, but "pil" gives a list of them.
+    return cast("Images", images)

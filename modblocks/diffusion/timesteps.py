@@ -1,4 +1,8 @@
-"""Timesteps: a per-run copy of the scheduler, set for this run's schedule."""
+"""Timesteps: a per-run copy of the scheduler, set for this run's schedule.
+
+Text-to-image runs the whole schedule; image-to-image and inpainting skip to `strength`;
+SDXL's base and refiner split it at `denoising_end` / `denoising_start`.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,16 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._scheduler import typed
-from .vae import device_of
+from .common import device_of
 
 __all__ = [
     "StrengthTimesteps",
     "Timesteps",
+    "apply_denoising_end",
     "img2img_timesteps",
+    "img2img_timesteps_xl",
     "inpaint_timesteps",
+    "inpaint_timesteps_xl",
     "set_timesteps",
 ]
 
@@ -136,3 +143,91 @@ def inpaint_timesteps(
 ) -> StrengthTimesteps:
     """Keep the last `strength` part of the schedule; inpainting's default is all of it."""
     return _skip_to_strength(scheduler, num_inference_steps, strength)
+
+
+# --- timesteps ---------------------------------------------------------------------------
+
+
+def _fraction(value: float | None) -> float | None:
+    """Return *value* if it is a float strictly between 0 and 1 (else diffusers ignores it)."""
+    return value if isinstance(value, float) and 0 < value < 1 else None
+
+
+def _cutoff(scheduler: SchedulerMixin, fraction: float) -> int:
+    """Return the training timestep at *fraction* of the way from noise to image."""
+    steps: int = typed(scheduler).config["num_train_timesteps"]
+    return round(steps - fraction * steps)
+
+
+def _start_timesteps(
+    scheduler: SchedulerMixin,
+    num_inference_steps: int,
+    strength: float,
+    denoising_start: float | None,
+    denoising_end: float | None,
+) -> StrengthTimesteps:
+    """Skip to `strength`, or to `denoising_start` if given (diffusers' SDXL `get_timesteps`)."""
+    start, end = _fraction(denoising_start), _fraction(denoising_end)
+    if start is not None and end is not None and start >= end:
+        msg = f"`denoising_start` {start} must be smaller than `denoising_end` {end}."
+        raise ValueError(msg)
+    if start is None:
+        return _skip_to_strength(scheduler, num_inference_steps, strength)
+    all_timesteps = typed(scheduler).timesteps
+    steps = int((all_timesteps < _cutoff(scheduler, start)).sum())
+    if typed(scheduler).order == 2 and steps % 2 == 0:
+        steps += 1  # end after a second-order step's second half, not between its halves
+    begin = len(all_timesteps) - steps
+    set_begin_index = getattr(scheduler, "set_begin_index", None)
+    if set_begin_index is not None:
+        set_begin_index(begin)
+    return StrengthTimesteps(scheduler, all_timesteps[begin:], steps)
+
+
+_START_DOC = Doc("start at this fraction of the schedule instead (a refiner's, with latents)")
+_END_DOC = Doc("stop at this fraction of the schedule, leaving noisy latents (a base's)")
+
+
+@mb.block
+def img2img_timesteps_xl(
+    scheduler: mb.Component[SchedulerMixin],
+    num_inference_steps: Annotated[int, Doc("the number of steps of the full schedule")],
+    strength: Annotated[
+        float, Doc("how much to change the image, from 0 (not at all) to 1 (pure noise)")
+    ] = 0.3,
+    denoising_start: Annotated[float | None, _START_DOC] = None,
+    denoising_end: Annotated[float | None, _END_DOC] = None,
+) -> StrengthTimesteps:
+    """Keep the last `strength` part of the schedule, or start at `denoising_start`."""
+    return _start_timesteps(
+        scheduler, num_inference_steps, strength, denoising_start, denoising_end
+    )
+
+
+@mb.block
+def inpaint_timesteps_xl(
+    scheduler: mb.Component[SchedulerMixin],
+    num_inference_steps: Annotated[int, Doc("the number of steps of the full schedule")],
+    strength: Annotated[
+        float, Doc("how much to change the masked area, from 0 (not at all) to 1 (pure noise)")
+    ] = 0.9999,
+    denoising_start: Annotated[float | None, _START_DOC] = None,
+    denoising_end: Annotated[float | None, _END_DOC] = None,
+) -> StrengthTimesteps:
+    """Keep the last `strength` part of the schedule (default 0.9999), or `denoising_start`."""
+    return _start_timesteps(
+        scheduler, num_inference_steps, strength, denoising_start, denoising_end
+    )
+
+
+@mb.block(output="timesteps")
+def apply_denoising_end(
+    timesteps: Annotated[torch.Tensor, Doc("the timesteps to denoise at")],
+    scheduler: mb.Component[SchedulerMixin],
+    denoising_end: Annotated[float | None, _END_DOC] = None,
+) -> Annotated[torch.Tensor, Doc("the timesteps before `denoising_end`")]:
+    """Drop the timesteps after `denoising_end`, for a refiner to finish (base + refiner)."""
+    end = _fraction(denoising_end)
+    if end is None:
+        return timesteps
+    return timesteps[: int((timesteps >= _cutoff(scheduler, end)).sum())]

@@ -1,41 +1,36 @@
-"""The VAE: images to latents and back, and the conversion of decoded images to outputs."""
+"""The VAE: images to latents and back.
+
+SD 1.x scales latents by the VAE's `scaling_factor`. SDXL's VAE may run in float32
+(`force_upcast`) and normalize latents by `latents_mean` and `latents_std`.
+"""
 
 from __future__ import annotations
 
-import functools
-import itertools
-from typing import Annotated, Any, Literal, Protocol, TypeAlias, cast
+import collections.abc
+import contextlib
+import threading
+from typing import Annotated, Any, Protocol, cast
 
-import numpy as np
-import numpy.typing as npt
-import PIL.Image
 import torch
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from typing_extensions import Doc
 
 import modblocks as mb
 
+from .common import Generator, Images, OutputType, dtype_of
+
 __all__ = [
     "Generator",
-    "Images",
+    "Images",  # kept importable from here, where it was first defined
     "OutputType",
     "decode_latents",
-    "device_of",
+    "decode_latents_xl",
     "encode_image",
-    "image_processor",
-    "postprocess",
+    "encode_image_xl",
     "sample_latents",
+    "vae_decode",
     "vae_scale_factor",
 ]
-
-Generator: TypeAlias = torch.Generator | list[torch.Generator] | None
-"""One generator for the whole batch, or one per image."""
-
-Images: TypeAlias = list[PIL.Image.Image] | npt.NDArray[np.float32] | torch.Tensor
-"""Generated images: PIL images, a `(batch, height, width, 3)` array, or a tensor."""
-
-OutputType: TypeAlias = Literal["pil", "np", "pt", "latent"]
 
 
 class _Codec(Protocol):
@@ -48,57 +43,9 @@ class _Codec(Protocol):
         """Return images decoded from latents *z*."""
 
 
-def device_of(model: torch.nn.Module) -> torch.device:
-    """Return diffusers' `model.device`, without its cost for models that have no hooks.
-
-    `ModelMixin.device` looks for a group-offloading hook with `hasattr` on every submodule,
-    on every call: 2 ms for a tiny UNet, more for SDXL's. Hooks are set as plain attributes,
-    so a walk over the modules' `__dict__` finds them in a tenth of the time or less; a model
-    without any is on the device of its first parameter, which is what diffusers returns.
-    """
-    stack = [model]
-    while stack:
-        module = stack.pop()
-        if "_diffusers_hook" in module.__dict__:
-            device: torch.device = cast("Any", model).device  # hooked: diffusers decides
-            return device
-        stack.extend(child for child in module._modules.values() if child is not None)
-    return next(itertools.chain(model.parameters(), model.buffers())).device
-
-
 def vae_scale_factor(vae: AutoencoderKL) -> int:
     """Return how many pixels one latent pixel covers along each side (8 for SD)."""
     return int(2 ** (len(vae.config["block_out_channels"]) - 1))
-
-
-@functools.cache
-def image_processor(scale_factor: int, *, mask: bool = False) -> VaeImageProcessor:
-    """Return diffusers' image processor for images, or for masks (binarized, grayscale).
-
-    Processors hold only their configuration, so one per setting is shared by all runs.
-    """
-    processor: VaeImageProcessor
-    if mask:
-        processor = VaeImageProcessor(
-            vae_scale_factor=scale_factor,
-            do_normalize=False,
-            do_binarize=True,
-            do_convert_grayscale=True,
-        )
-    else:
-        processor = VaeImageProcessor(vae_scale_factor=scale_factor)
-    return processor
-
-
-def encode_image(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) -> torch.Tensor:
-    """Encode images in [-1, 1] into scaled latents, sampling with one generator per image.
-
-    Images that already have the VAE's latent channels are taken as latents.
-    """
-    if image.shape[1] == vae.config["latent_channels"]:
-        return image
-    scaled: torch.Tensor = vae.config["scaling_factor"] * sample_latents(vae, image, generator)
-    return scaled
 
 
 def sample_latents(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) -> torch.Tensor:
@@ -114,6 +61,27 @@ def sample_latents(vae: AutoencoderKL, image: torch.Tensor, generator: Generator
     return latents
 
 
+def vae_decode(
+    vae: AutoencoderKL, latents: torch.Tensor, generator: Generator = None
+) -> torch.Tensor:
+    """Decode unscaled latents into images in [-1, 1]."""
+    decoded: torch.Tensor = cast("_Codec", vae).decode(
+        latents, return_dict=False, generator=generator
+    )[0]
+    return decoded
+
+
+def encode_image(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """Encode images in [-1, 1] into scaled latents, sampling with one generator per image.
+
+    Images that already have the VAE's latent channels are taken as latents.
+    """
+    if image.shape[1] == vae.config["latent_channels"]:
+        return image
+    scaled: torch.Tensor = vae.config["scaling_factor"] * sample_latents(vae, image, generator)
+    return scaled
+
+
 @mb.block(output="decoded")
 @torch.no_grad()  # inference only, also when run outside a Pipeline
 def decode_latents(
@@ -125,22 +93,86 @@ def decode_latents(
     """Decode latents into images in [-1, 1] (for output type "latent", keep the latents)."""
     if output_type == "latent":
         return latents
-    codec = cast("_Codec", vae)
-    decoded: torch.Tensor = codec.decode(
-        latents / vae.config["scaling_factor"], return_dict=False, generator=generator
-    )[0]
+    decoded: torch.Tensor = vae_decode(vae, latents / vae.config["scaling_factor"], generator)
     return decoded
 
 
-@mb.block(output="images")
-def postprocess(
-    decoded: Annotated[torch.Tensor, Doc("decoded images in [-1, 1], or latents")],
-    output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
-) -> Annotated[Images, Doc("the generated images, of type `output_type`")]:
-    """Convert decoded images to the output type: PIL images, a NumPy array or a tensor."""
-    # The scale factor only matters for resizing, which postprocessing never does.
-    images = image_processor(8).postprocess(
-        decoded, output_type=output_type, do_denormalize=[True] * decoded.shape[0]
+# --- SDXL: float32 VAEs, normalized latents -----------------------------------------------
+
+# `force_upcast` runs a float16 VAE in float32, by casting the shared VAE and back, as
+# diffusers does. Runs of a pipeline share its VAE, so they cast it one at a time.
+_UPCAST_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _float32(vae: AutoencoderKL, *, always: bool) -> collections.abc.Generator[bool]:
+    """Run the VAE in float32 if its config says `force_upcast`; yield whether it was cast.
+
+    Decoding upcasts float16 VAEs only (*always* false); encoding casts any VAE, as diffusers.
+    """
+    if not vae.config.get("force_upcast", False):
+        yield False
+        return
+    with _UPCAST_LOCK:
+        dtype = dtype_of(vae)
+        upcast = always or dtype == torch.float16
+        recast = upcast and dtype != torch.float32
+        if recast:
+            cast("torch.nn.Module", vae).to(dtype=torch.float32)
+        try:
+            yield upcast
+        finally:
+            if recast:
+                cast("torch.nn.Module", vae).to(dtype=dtype)
+
+
+def _latents_stats(
+    vae: AutoencoderKL, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Return the VAE's `latents_mean` and `latents_std` as tensors like *like*, if it has them."""
+    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+    if mean is None or std is None:
+        return None
+    shape = (1, -1, 1, 1)
+    return (
+        torch.tensor(mean).view(shape).to(like.device, like.dtype),
+        torch.tensor(std).view(shape).to(like.device, like.dtype),
     )
-    # diffusers annotates one PIL image, but "pil" gives a list of them.
-    return cast("Images", images)
+
+
+def encode_image_xl(
+    vae: AutoencoderKL, image: torch.Tensor, generator: Generator, *, normalize: bool = False
+) -> torch.Tensor:
+    """Encode images into latents (diffusers' SDXL `_encode_vae_image`).
+
+    The latents get the image's dtype; they are scaled, or with *normalize* (image-to-image)
+    normalized by the VAE's `latents_mean` and `latents_std` when it has them.
+    """
+    dtype = image.dtype
+    with _float32(vae, always=True) as upcast:
+        latents = sample_latents(vae, image.float() if upcast else image, generator).to(dtype)
+    scale: float = vae.config["scaling_factor"]
+    stats = _latents_stats(vae, latents) if normalize else None
+    if stats is None:
+        return scale * latents
+    return (latents - stats[0]) * scale / stats[1]
+
+
+@mb.block(output="decoded")
+@torch.no_grad()  # inference only, also when run outside a Pipeline
+def decode_latents_xl(
+    latents: Annotated[torch.Tensor, Doc("the denoised latents")],
+    vae: mb.Component[AutoencoderKL],
+    output_type: Annotated[OutputType, Doc('"pil", "np", "pt" or "latent"')] = "pil",
+) -> Annotated[torch.Tensor, Doc('images in [-1, 1], or the latents for `output_type` "latent"')]:
+    """Decode latents into images in [-1, 1], in float32 for a float16 `force_upcast` VAE."""
+    if output_type == "latent":
+        return latents
+    scale: float = vae.config["scaling_factor"]
+    with _float32(vae, always=False) as upcast:
+        if upcast:
+            latents = latents.to(torch.float32)
+        stats = _latents_stats(vae, latents)
+        latents = latents / scale if stats is None else latents * stats[1] / scale + stats[0]
+        decoded: torch.Tensor = vae_decode(vae, latents)
+    return decoded

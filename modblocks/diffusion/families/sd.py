@@ -1,20 +1,19 @@
-"""Ready-made Stable Diffusion 1.x pipelines, composed from the blocks of this package."""
+"""Stable Diffusion 1.x: text-to-image, image-to-image and inpainting, and the auto node."""
 
 from __future__ import annotations
 
 import modblocks as mb
-
-from .denoise import denoise, denoise_inpaint
-from .image import default_size, preprocess_image, preprocess_mask
-from .latents import (
+from modblocks.diffusion.clip import encode_prompt
+from modblocks.diffusion.denoise import denoise, denoise_inpaint
+from modblocks.diffusion.image import default_size, postprocess, preprocess_image, preprocess_mask
+from modblocks.diffusion.latents import (
     prepare_img2img_latents,
     prepare_inpaint_latents,
     prepare_latents,
     prepare_mask_latents,
 )
-from .text import encode_prompt
-from .timesteps import img2img_timesteps, inpaint_timesteps, set_timesteps
-from .vae import decode_latents, postprocess
+from modblocks.diffusion.timesteps import img2img_timesteps, inpaint_timesteps, set_timesteps
+from modblocks.diffusion.vae import decode_latents
 
 __all__ = ["img2img", "inpaint", "stable_diffusion", "text2img"]
 
