@@ -52,7 +52,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import edit_denoise
-from .denoise import guide, rescale_noise_cfg
+from .guidance import guide, rescale_noise_cfg
 
 __all__ = [
     "PAG",

@@ -40,8 +40,8 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import replace_block
-from .text import PromptEmbeds, _negative_texts, encode_prompt
-from .xl import PromptEmbedsXL, _texts, encode_prompt_xl
+from .clip import PromptEmbeds, PromptEmbedsXL, encode_prompt, encode_prompt_xl
+from .text import negative_texts, texts_per_prompt
 
 __all__ = ["encode_weighted_prompt", "encode_weighted_prompt_xl", "parse_weights", "weighted"]
 
@@ -175,7 +175,7 @@ def encode_weighted_prompt(
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives: list[str] = []
         if guidance_scale > 1 and negative_prompt_embeds is None:
-            negatives = _negative_texts(prompt, negative_prompt, len(texts))
+            negatives = negative_texts(prompt, negative_prompt, len(texts))
         compel = _compel(
             tokenizer, text_encoder, ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED
         )
@@ -230,13 +230,15 @@ def encode_weighted_prompt_xl(
         msg = "give `prompt`: weighted prompts are encoded from text."
         raise ValueError(msg)
     texts = [prompt] if isinstance(prompt, str) else list(prompt)
-    texts_2 = _texts(prompt_2 or prompt, len(texts), "prompt_2")
+    texts_2 = texts_per_prompt(prompt_2 or prompt, len(texts), "prompt_2")
     negatives: list[str] = []
     negatives_2: list[str] = []
     zeros = negative_prompt is None and force_zeros_for_empty_prompt
     if guidance_scale > 1 and not zeros:
-        negatives = _texts(negative_prompt or "", len(texts), "negative_prompt")
-        negatives_2 = _texts(negative_prompt_2 or negatives, len(texts), "negative_prompt_2")
+        negatives = texts_per_prompt(negative_prompt or "", len(texts), "negative_prompt")
+        negatives_2 = texts_per_prompt(
+            negative_prompt_2 or negatives, len(texts), "negative_prompt_2"
+        )
     kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
     first, second = (
         _compel(tokenizer, text_encoder, kind),
