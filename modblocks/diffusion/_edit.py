@@ -13,7 +13,7 @@ import attrs
 
 import modblocks as mb
 
-__all__ = ["edit_denoise", "replace_block"]
+__all__ = ["edit_denoise", "edit_sequences", "replace_block"]
 
 BodyEdit = Callable[[mb.Sequential], mb.Sequential]
 
@@ -75,4 +75,30 @@ def replace_block(node: mb.Node, name: str, new: mb.Node) -> mb.Node:
             edited = edited.replace(child_name, new)
         elif isinstance(child, mb.Sequential | mb.Switch):
             edited = edited.replace(child_name, replace_block(child, name, new))
+    return edited
+
+
+def edit_sequences(node: mb.Node, edit: BodyEdit, *, holding: str = "denoise") -> mb.Node:
+    """Return *node* with `edit(seq)` in place of each sequence holding a node *holding*.
+
+    Looks through switches and sequences: for a switch of text-to-image, image-to-image and
+    inpainting, *edit* sees each mode's sequence (the ones that hold the denoising loop).
+    """
+    if isinstance(node, mb.Switch):
+        branches = tuple(
+            (label, edit_sequences(n, edit, holding=holding)) for label, n in node.branches
+        )
+        default = (
+            None if node.default is None else edit_sequences(node.default, edit, holding=holding)
+        )
+        return attrs.evolve(node, branches=branches, default=default)
+    if not isinstance(node, mb.Sequential):
+        return node
+    if holding in node.names:
+        return edit(node)
+    edited = node
+    for child_name in node.names:
+        child = node[child_name]
+        if isinstance(child, mb.Sequential | mb.Switch):
+            edited = edited.replace(child_name, edit_sequences(child, edit, holding=holding))
     return edited

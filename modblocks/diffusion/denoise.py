@@ -37,6 +37,11 @@ __all__ = [
 ]
 
 _T_DOC = Doc("the current timestep")
+_DOWN_DOC = Doc("residuals a ControlNet adds to the UNet's down blocks (None: no ControlNet)")
+_MID_DOC = Doc("the residual a ControlNet adds to the UNet's middle block")
+# A ControlNet block inserted before the noise prediction gives these two; without one they
+# stay None and the UNet runs as usual.
+Residuals = tuple[torch.Tensor, ...] | None
 
 
 @mb.block(output="latent_model_input")
@@ -82,10 +87,17 @@ def predict_noise(
     guidance_rescale: Annotated[
         float, Doc("rescale guided noise to fix overexposure (0: off), arXiv 2305.08891")
     ] = 0.0,
+    down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
+    mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
 ) -> Annotated[torch.Tensor, Doc("the noise prediction, guided")]:
     """Predict the noise with one UNet call, and apply classifier-free guidance."""
     noise_pred: torch.Tensor = unet(
-        latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False
+        latent_model_input,
+        t,
+        encoder_hidden_states=prompt_embeds,
+        down_block_additional_residuals=down_block_res_samples,
+        mid_block_additional_residual=mid_block_res_sample,
+        return_dict=False,
     )[0]
     return guide(noise_pred, do_cfg, guidance_scale, guidance_rescale)
 
@@ -104,6 +116,8 @@ def predict_noise_xl(
     guidance_rescale: Annotated[
         float, Doc("rescale guided noise to fix overexposure (0: off), arXiv 2305.08891")
     ] = 0.0,
+    down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
+    mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
 ) -> Annotated[torch.Tensor, Doc("the noise prediction, guided")]:
     """Predict the noise with one UNet call conditioned on SDXL's extra inputs, and guide it."""
     added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
@@ -112,6 +126,8 @@ def predict_noise_xl(
         t,
         encoder_hidden_states=prompt_embeds,
         added_cond_kwargs=added_cond_kwargs,
+        down_block_additional_residuals=down_block_res_samples,
+        mid_block_additional_residual=mid_block_res_sample,
         return_dict=False,
     )[0]
     return guide(noise_pred, do_cfg, guidance_scale, guidance_rescale)

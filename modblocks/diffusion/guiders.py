@@ -52,6 +52,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import edit_denoise
+from .denoise import _DOWN_DOC, _MID_DOC, Residuals
 from .guidance import guide, rescale_noise_cfg
 
 __all__ = [
@@ -137,6 +138,16 @@ def _layout(pag: bool, do_cfg: bool) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _same(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _residuals(
+    layout: Callable[[torch.Tensor], torch.Tensor], down: Residuals, mid: torch.Tensor | None
+) -> dict[str, Any]:
+    """The UNet's ControlNet arguments, laid out like the rest of the batch."""
+    return {
+        "down_block_additional_residuals": None if down is None else [layout(r) for r in down],
+        "mid_block_additional_residual": None if mid is None else layout(mid),
+    }
 
 
 def _perturbed_time_ids(ids: torch.Tensor, do_cfg: bool) -> torch.Tensor:
@@ -240,6 +251,8 @@ def predict_noise_guided(
     ] = 0.0,
     guider_state: Annotated[Guider | None, _GUIDER_STATE_DOC] = None,
     cross_attention_kwargs: Annotated[dict[str, Any] | None, _KWARGS_DOC] = None,
+    down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
+    mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
 ) -> GuidedNoise:
     """Predict the noise with the UNet and guide it with the run's guider (CFG by default)."""
 
@@ -250,6 +263,7 @@ def predict_noise_guided(
             t,
             encoder_hidden_states=layout(prompt_embeds),
             cross_attention_kwargs=cross_attention_kwargs,
+            **_residuals(layout, down_block_res_samples, mid_block_res_sample),
             return_dict=False,
         )[0]
         return out
@@ -285,6 +299,8 @@ def predict_noise_guided_xl(
     ] = 0.0,
     guider_state: Annotated[Guider | None, _GUIDER_STATE_DOC] = None,
     cross_attention_kwargs: Annotated[dict[str, Any] | None, _KWARGS_DOC] = None,
+    down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
+    mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
 ) -> GuidedNoise:
     """Predict the noise with SDXL's UNet and guide it with the run's guider (CFG by default)."""
 
@@ -300,6 +316,7 @@ def predict_noise_guided_xl(
             encoder_hidden_states=layout(prompt_embeds),
             added_cond_kwargs=added,
             cross_attention_kwargs=cross_attention_kwargs,
+            **_residuals(layout, down_block_res_samples, mid_block_res_sample),
             return_dict=False,
         )[0]
         return out

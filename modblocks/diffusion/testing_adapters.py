@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
+from diffusers.models.controlnets.controlnet import ControlNetModel
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]
 
-__all__ = ["tiny_lora"]
+__all__ = ["tiny_controlnet", "tiny_lora"]
 
 # The attention projections, as diffusers' LoRA trainers target them.
 _UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -77,3 +78,35 @@ def tiny_lora(
         layers = _lora_layers(model, targets, rank, seed + offset)
         state.update({f"{name}.{key}": value for key, value in layers.items()})
     return state
+
+
+def tiny_controlnet(components: Mapping[str, Any], seed: int = 0) -> ControlNetModel:
+    """Make a ControlNet for the UNet of *components*, with random non-zero output layers.
+
+    A ControlNet starts as a copy of the UNet's encoder whose output convolutions are zero
+    (so an untrained one changes nothing); here they are random, so that the control image
+    visibly changes the images. Its conditioning embedding downsamples by the tiny VAE's
+    factor of 2.
+
+    Args:
+        components: Tiny components (SD 1.x or SDXL); their UNet is not changed.
+        seed: Seed of the random output layers.
+
+    Returns:
+        The ControlNet, in eval mode.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet: ControlNetModel = ControlNetModel.from_unet(
+            components["unet"], conditioning_embedding_out_channels=(16, 32)
+        )
+        zero_convs: list[torch.nn.Module] = [
+            *controlnet.controlnet_down_blocks,
+            cast("torch.nn.Module", controlnet.controlnet_mid_block),
+            cast("torch.nn.Module", controlnet.controlnet_cond_embedding.conv_out),
+        ]
+        for conv in zero_convs:
+            for parameter in conv.parameters():
+                torch.nn.init.normal_(parameter, std=1.0)
+    controlnet.eval()
+    return controlnet
