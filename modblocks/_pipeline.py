@@ -274,6 +274,27 @@ class Pipeline:
 
         lora.unfuse_lora(self)
 
+    def load_ip_adapter(self, path_or_state_dict: Any, **kwargs: Any) -> None:
+        """Load IP-Adapter weights into the UNet, in place (see `modblocks.diffusion.ip_adapter`).
+
+        Takes diffusers' arguments (`subfolder`, `weight_name`, `image_encoder_folder`, ...).
+        """
+        from .diffusion import ip_adapter
+
+        ip_adapter.load_ip_adapter(self, path_or_state_dict, **kwargs)
+
+    def set_ip_adapter_scale(self, scale: Any) -> None:
+        """Weight the loaded IP-Adapter(s): one number, one per adapter, or per block."""
+        from .diffusion import ip_adapter
+
+        ip_adapter.set_ip_adapter_scale(self, scale)
+
+    def unload_ip_adapter(self) -> None:
+        """Remove the IP-Adapter(s) from the UNet."""
+        from .diffusion import ip_adapter
+
+        ip_adapter.unload_ip_adapter(self)
+
     # -- loading and saving ----------------------------------------------------------------
 
     @classmethod
