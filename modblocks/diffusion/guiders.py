@@ -52,7 +52,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import edit_denoise
-from .denoise import _DOWN_DOC, _MID_DOC, Residuals
+from .denoise import _DOWN_DOC, _IMAGE_EMBEDS_DOC, _MID_DOC, Residuals
 from .guidance import guide, rescale_noise_cfg
 
 __all__ = [
@@ -253,6 +253,7 @@ def predict_noise_guided(
     cross_attention_kwargs: Annotated[dict[str, Any] | None, _KWARGS_DOC] = None,
     down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
     mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
+    image_embeds: Annotated[list[torch.Tensor] | None, _IMAGE_EMBEDS_DOC] = None,
 ) -> GuidedNoise:
     """Predict the noise with the UNet and guide it with the run's guider (CFG by default)."""
 
@@ -262,6 +263,9 @@ def predict_noise_guided(
             layout(latent_model_input),
             t,
             encoder_hidden_states=layout(prompt_embeds),
+            added_cond_kwargs=None
+            if image_embeds is None
+            else {"image_embeds": [layout(e) for e in image_embeds]},
             cross_attention_kwargs=cross_attention_kwargs,
             **_residuals(layout, down_block_res_samples, mid_block_res_sample),
             return_dict=False,
@@ -301,15 +305,18 @@ def predict_noise_guided_xl(
     cross_attention_kwargs: Annotated[dict[str, Any] | None, _KWARGS_DOC] = None,
     down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
     mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
+    image_embeds: Annotated[list[torch.Tensor] | None, _IMAGE_EMBEDS_DOC] = None,
 ) -> GuidedNoise:
     """Predict the noise with SDXL's UNet and guide it with the run's guider (CFG by default)."""
 
     def call(pag: bool) -> torch.Tensor:
         layout = _layout(pag, do_cfg)
-        added = {
+        added: dict[str, Any] = {
             "text_embeds": layout(add_text_embeds),
             "time_ids": _perturbed_time_ids(add_time_ids, do_cfg) if pag else add_time_ids,
         }
+        if image_embeds is not None:
+            added["image_embeds"] = [layout(e) for e in image_embeds]
         out: torch.Tensor = unet(
             layout(latent_model_input),
             t,

@@ -19,11 +19,14 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
+from diffusers.models.attention_processor import IPAdapterAttnProcessor
 from diffusers.models.controlnets.controlnet import ControlNetModel
+from diffusers.models.embeddings import ImageProjection
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict  # pyright: ignore[reportUnknownVariableType]
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-__all__ = ["tiny_controlnet", "tiny_lora"]
+__all__ = ["tiny_controlnet", "tiny_image_encoder", "tiny_ip_adapter", "tiny_lora"]
 
 # The attention projections, as diffusers' LoRA trainers target them.
 _UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -110,3 +113,81 @@ def tiny_controlnet(components: Mapping[str, Any], seed: int = 0) -> ControlNetM
                 torch.nn.init.normal_(parameter, std=1.0)
     controlnet.eval()
     return controlnet
+
+
+def tiny_image_encoder(projection_dim: int, seed: int = 0) -> dict[str, Any]:
+    """Make a tiny CLIP image encoder and its processor, as diffusers' fast tests do.
+
+    Args:
+        projection_dim: The width of the image embeddings: the UNet's cross-attention width
+            (32 for `tiny_sd_components`, 64 for `tiny_sdxl_components`).
+        seed: Seed of the random weights.
+
+    Returns:
+        `image_encoder` and `feature_extractor`, the component names of diffusers' pipelines.
+    """
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        image_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_channels=3,
+        num_hidden_layers=5,
+        patch_size=1,
+        projection_dim=projection_dim,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = CLIPVisionModelWithProjection(config)
+    torch.nn.Module.eval(encoder)
+    return {
+        "image_encoder": encoder,
+        "feature_extractor": CLIPImageProcessor(crop_size=32, size=32),
+    }
+
+
+def tiny_ip_adapter(components: Mapping[str, Any], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Make a random IP-Adapter state dict for the UNet of *components* (diffusers' layout).
+
+    The image projection maps one image embedding (the UNet's cross-attention width) to four
+    tokens; each cross-attention layer gets random `to_k_ip` and `to_v_ip` weights.
+
+    Args:
+        components: Tiny components; their UNet is not changed.
+        seed: Seed of the random weights.
+
+    Returns:
+        `{"image_proj": ..., "ip_adapter": ...}`, as `load_ip_adapter` takes it.
+    """
+    unet = components["unet"]
+    width: int = unet.config["cross_attention_dim"]
+    channels: list[int] = list(unet.config["block_out_channels"])
+    layers: dict[str, Any] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        key = 1
+        for name in unet.attn_processors:
+            if name.endswith("attn1.processor"):
+                continue  # self-attention: no image tokens
+            if name.startswith("mid_block"):
+                hidden = channels[-1]
+            elif name.startswith("up_blocks"):
+                hidden = channels[::-1][int(name.split(".")[1])]
+            else:
+                hidden = channels[int(name.split(".")[1])]
+            weights = IPAdapterAttnProcessor(  # type: ignore[no-untyped-call]
+                hidden_size=hidden, cross_attention_dim=width, scale=1.0
+            ).state_dict()
+            layers[f"{key}.to_k_ip.weight"] = weights["to_k_ip.0.weight"]
+            layers[f"{key}.to_v_ip.weight"] = weights["to_v_ip.0.weight"]
+            key += 2
+        projection = ImageProjection(
+            cross_attention_dim=width, image_embed_dim=width, num_image_text_embeds=4
+        ).state_dict()
+    image_proj = {
+        "proj.weight": projection["image_embeds.weight"],
+        "proj.bias": projection["image_embeds.bias"],
+        "norm.weight": projection["norm.weight"],
+        "norm.bias": projection["norm.bias"],
+    }
+    return {"image_proj": image_proj, "ip_adapter": layers}
