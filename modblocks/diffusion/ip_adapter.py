@@ -45,7 +45,8 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
 )
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPVisionModelWithProjection
+from transformers.image_processing_utils import BaseImageProcessor
 from typing_extensions import Doc
 
 import modblocks as mb
@@ -80,7 +81,7 @@ class _Host(IPAdapterMixin):
         self,
         unet: UNet2DConditionModel,
         image_encoder: CLIPVisionModelWithProjection | None,
-        feature_extractor: CLIPImageProcessor | None,
+        feature_extractor: BaseImageProcessor | None,
     ) -> None:
         kept = _encoders.get(unet, (None, None))
         self.unet = unet
@@ -174,7 +175,8 @@ def prepare_ip_adapter_image_embeds(
     do_cfg: Annotated[bool, Doc("whether classifier-free guidance is on")],
     unet: mb.Component[UNet2DConditionModel],
     image_encoder: mb.Component[CLIPVisionModelWithProjection | None] = None,
-    feature_extractor: mb.Component[CLIPImageProcessor | None] = None,
+    # Any image processor: `CLIPImageProcessor` names a different class with torchvision.
+    feature_extractor: mb.Component[BaseImageProcessor | None] = None,
     ip_adapter_image: Annotated[
         PipelineImageInput | list[PipelineImageInput] | None,
         Doc("the image prompt(s) for the IP-Adapter(s): one per loaded adapter"),
