@@ -117,6 +117,7 @@ class _PAGHost(PAGMixin):
 
 
 # PAG swaps attention processors on the (shared) UNet for its calls: one at a time per UNet.
+# Runs without PAG don't take the lock (it would cost every step); see docs/adapters/guiders.md.
 _pag_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _pag_locks_lock = threading.Lock()
 
