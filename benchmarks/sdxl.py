@@ -31,8 +31,16 @@ over the hand-written per-step cost. The **peak memory** column is the peak of P
 heap allocations during one 20-step call (``tracemalloc``; tensor storage is allocated by
 torch outside the Python heap and is the same for all), after warm-up.
 
+The **ControlNet** tables run the same three pipelines and baseline with a tiny ControlNet
+(`tiny_controlnet`) and a 32x32 control image: modblocks' ``stable_diffusion_xl_controlnet``,
+the modular ``StableDiffusionXLAutoBlocks`` given ``control_image``, and the classic
+``StableDiffusionXLControlNetPipeline``; the hand-written baseline adds the control image's
+preprocessing and one ControlNet call per step. The near-free set also makes the ControlNet
+return zero residuals at once.
+
 ``--lines`` prints the size of the code instead: lines of the code modblocks' SDXL nodes run
-next to diffusers' modular SDXL folder, counted by one rule for both (`benchmarks/_lines.py`).
+next to diffusers' modular SDXL folder, and of each addition (ControlNet, IP-Adapter) next to
+the modular classes for it, counted by one rule for both (`benchmarks/_lines.py`).
 
 Run it from the repository root::
 
@@ -51,11 +59,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import PIL.Image
 import torch
 from diffusers.guiders.classifier_free_guidance import ClassifierFreeGuidance
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.controlnets.controlnet import ControlNetModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffusion_xl import (
     StableDiffusionXLAutoBlocks,
+)
+from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl import (
+    StableDiffusionXLControlNetPipeline,
 )
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
     StableDiffusionXLPipeline,
@@ -89,11 +104,38 @@ class FreeUNet(UNet2DConditionModel):
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
 
-def components(*, free_unet: bool) -> dict[str, Any]:
-    """Tiny SDXL components; with *free_unet*, the UNet is a `FreeUNet` of the same config."""
+class FreeControlNet(ControlNetModel):
+    """A ControlNet whose forward returns zero residuals at once (shapes from one real call)."""
+
+    def forward(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        zeros = self.__dict__.setdefault("_zeros", {})
+        if sample.shape not in zeros:
+            down, mid = super().forward(sample, *args, **{**kwargs, "return_dict": False})
+            zeros[sample.shape] = ([torch.zeros_like(d) for d in down], torch.zeros_like(mid))
+        return zeros[sample.shape]
+
+
+CONTROL_IMAGE = PIL.Image.fromarray(
+    np.random.default_rng(0).integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+)
+
+
+def components(*, free_unet: bool, controlnet: bool = False) -> dict[str, Any]:
+    """Tiny SDXL components; with *free_unet*, the UNet is a `FreeUNet` of the same config.
+
+    With *controlnet*, a tiny ControlNet too (a `FreeControlNet` with *free_unet*).
+    """
     from modblocks.diffusion.testing import tiny_sdxl_components
+    from modblocks.diffusion.testing_adapters import tiny_controlnet
 
     comps = tiny_sdxl_components()
+    if controlnet:
+        net = tiny_controlnet(comps)
+        if free_unet:
+            free = FreeControlNet.from_config(net.config)
+            assert isinstance(free, FreeControlNet)
+            net = free.eval()
+        comps["controlnet"] = net
     if free_unet:
         unet = FreeUNet.from_config(comps["unet"].config)
         assert isinstance(unet, FreeUNet)  # not the `(model, unused_kwargs)` pair
@@ -101,8 +143,9 @@ def components(*, free_unet: bool) -> dict[str, Any]:
     return comps
 
 
-def inputs(steps: int) -> dict[str, Any]:
+def inputs(steps: int, comps: Mapping[str, Any]) -> dict[str, Any]:
     """The call inputs shared by the pipelines (a fresh seeded generator each call)."""
+    control = {"control_image": CONTROL_IMAGE} if "controlnet" in comps else {}
     return {
         "prompt": PROMPT,
         "height": SIZE,
@@ -110,6 +153,7 @@ def inputs(steps: int) -> dict[str, Any]:
         "num_inference_steps": steps,
         "output_type": "latent",
         "generator": torch.Generator().manual_seed(0),
+        **control,
     }
 
 
@@ -124,6 +168,8 @@ def hand_written(comps: Mapping[str, Any], steps: int) -> Thunk:
     scheduler = copy.deepcopy(comps["scheduler"])
     time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]] * 2, dtype=torch.float32)
     shape = (1, 4, SIZE // 2, SIZE // 2)
+    controlnet = comps.get("controlnet")
+    processor = VaeImageProcessor(vae_scale_factor=2, do_convert_rgb=True, do_normalize=False)
 
     @torch.no_grad()
     def call() -> torch.Tensor:
@@ -142,13 +188,36 @@ def hand_written(comps: Mapping[str, Any], steps: int) -> Thunk:
         embeds = torch.cat(hidden, dim=-1)
         embeds = torch.cat([torch.zeros_like(embeds), embeds])
         added = {"text_embeds": torch.cat([torch.zeros_like(pooled), pooled]), "time_ids": time_ids}
+        residuals: dict[str, Any] = {}
+        if controlnet is not None:
+            control = processor.preprocess(CONTROL_IMAGE, height=SIZE, width=SIZE)
+            control = torch.cat([control.to(torch.float32)] * 2)
         scheduler.set_timesteps(steps)
         generator = torch.Generator().manual_seed(0)
         latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            if controlnet is not None:
+                down, mid = controlnet(
+                    x,
+                    t,
+                    encoder_hidden_states=embeds,
+                    controlnet_cond=control,  # pyright: ignore[reportPossiblyUnboundVariable]
+                    conditioning_scale=1.0,
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                )
+                residuals = {
+                    "down_block_additional_residuals": down,
+                    "mid_block_additional_residual": mid,
+                }
             noise = unet(
-                x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
+                x,
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs=added,
+                return_dict=False,
+                **residuals,
             )[0]
             uncond, cond = noise.chunk(2)
             noise = uncond + GUIDANCE * (cond - uncond)
@@ -159,15 +228,16 @@ def hand_written(comps: Mapping[str, Any], steps: int) -> Thunk:
 
 
 def modblocks_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
-    """``mb.Pipeline(sdxl_text2img)`` called with the shared inputs."""
+    """``mb.Pipeline(sdxl_text2img)`` (``stable_diffusion_xl_controlnet`` with a ControlNet)."""
     import modblocks as mb
-    from modblocks.diffusion import sdxl_text2img
+    from modblocks.diffusion import sdxl_text2img, stable_diffusion_xl_controlnet
 
-    pipe = mb.Pipeline(sdxl_text2img, components=dict(comps))
+    node = stable_diffusion_xl_controlnet if "controlnet" in comps else sdxl_text2img
+    pipe = mb.Pipeline(node, components=dict(comps))
     mb.progress(disable=True)  # as for diffusers' pipelines: time the pipeline, not tqdm
 
     def call() -> torch.Tensor:
-        return pipe(**inputs(steps), guidance_scale=GUIDANCE, output="images")
+        return pipe(**inputs(steps, comps), guidance_scale=GUIDANCE, output="images")
 
     return call
 
@@ -185,21 +255,25 @@ def modular_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
         raise RuntimeError(msg)
 
     def call() -> torch.Tensor:
-        return pipe(**inputs(steps), output="images")
+        return pipe(**inputs(steps, comps), output="images")
 
     return call
 
 
 def classic_pipeline(comps: Mapping[str, Any], steps: int) -> Thunk:
-    """diffusers' classic ``StableDiffusionXLPipeline``."""
+    """diffusers' classic ``StableDiffusionXLPipeline`` (or its ControlNet pipeline)."""
     scheduler = copy.deepcopy(comps["scheduler"])
-    pipe: Any = StableDiffusionXLPipeline(  # diffusers' pipelines are not typed
-        **{**comps, "scheduler": scheduler}, add_watermarker=False
-    )
+    cls: Any = StableDiffusionXLPipeline
+    if "controlnet" in comps:
+        cls = StableDiffusionXLControlNetPipeline
+    pipe: Any = cls(**{**comps, "scheduler": scheduler}, add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
 
     def call() -> torch.Tensor:
-        return pipe(**inputs(steps), guidance_scale=GUIDANCE).images
+        given = inputs(steps, comps)
+        if "control_image" in given:  # the classic ControlNet pipeline calls it `image`
+            given["image"] = given.pop("control_image")
+        return pipe(**given, guidance_scale=GUIDANCE).images
 
     return call
 
@@ -271,6 +345,46 @@ def lines_table() -> str:
     return _harness.markdown_table(headers, rows)
 
 
+def additions_table() -> str:
+    """Lines of each addition in modblocks next to diffusers' modular SDXL classes for it."""
+    import diffusers.modular_pipelines.stable_diffusion_xl as modular
+
+    theirs = sorted(Path(modular.__file__).parent.glob("*.py"))
+    families = ["modblocks.diffusion.families.sd", "modblocks.diffusion.families.sdxl"]
+
+    def diffusers_lines(word: str, *, docstrings: bool, without: str = "\0") -> int:
+        total = 0
+        for path in theirs:
+            source = path.read_text(encoding="utf-8")
+            total += _lines.count_lines(source, docstrings=docstrings, extra=(word,))[1]
+            total -= _lines.count_lines(source, docstrings=docstrings, extra=(without,))[1]
+        return total
+
+    def ours(module: str, *, docstrings: bool) -> int:
+        return _lines.reached_lines(
+            [f"modblocks.diffusion.{module}"], docstrings=docstrings, excluding=families
+        )
+
+    rows: list[list[object]] = []
+    for feature, module, word, without in (
+        ("ControlNet (SD 1.x and SDXL, 3 modes)", "controlnet", "ControlNet", "ControlNetUnion"),
+        ("IP-Adapter (SD 1.x and SDXL)", "ip_adapter", "IPAdapter", "\0"),
+    ):
+        mine = [ours(module, docstrings=d) for d in (True, False)]
+        modular_lines = [
+            diffusers_lines(word, docstrings=d, without=without) for d in (True, False)
+        ]
+        rows.append([f"modblocks {feature}", *mine])
+        rows.append([f"  diffusers modular SDXL `*{word}*` classes", *modular_lines])
+    headers = ["addition", "lines, docstrings counted", "lines, docstrings not counted"]
+    note = (
+        "\nmodblocks' counts are the additions' own definitions (what the plain SD 1.x and "
+        "SDXL nodes don't reach); diffusers' exclude its ControlNet-Union classes, which "
+        "modblocks does not have."
+    )
+    return _harness.markdown_table(headers, rows) + note
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """One set of components to measure."""
@@ -278,6 +392,7 @@ class Config:
     title: str
     free_unet: bool
     settings: _harness.Settings
+    controlnet: bool = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -292,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--lines" in args:
         _harness.emit(lines_table())
+        _harness.emit("")
+        _harness.emit(additions_table())
         return 0
     settings = _harness.parse_settings(
         args, (__doc__ or "").partition("\n")[0], _harness.Settings(rounds=30, batch_ns=20_000_000)
@@ -303,13 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = [
         Config("near-free UNet (framework cost)", free_unet=True, settings=settings),
         Config("tiny components (real tiny UNet)", free_unet=False, settings=tiny),
+        Config("ControlNet, near-free UNet and ControlNet", True, settings, controlnet=True),
+        Config("ControlNet, tiny components", False, tiny, controlnet=True),
     ]
     _harness.emit(_harness.environment(["modblocks", "diffusers", "transformers", "torch"]))
     _harness.emit("torch threads: 1")
     for config in configs:
         _harness.emit(f"\n## SDXL text2img, {config.title}\n")
         _harness.emit(f"{config.settings.describe()}\n")
-        _harness.emit(table(components(free_unet=config.free_unet), config.settings))
+        comps = components(free_unet=config.free_unet, controlnet=config.controlnet)
+        _harness.emit(table(comps, config.settings))
     return 0
 
 

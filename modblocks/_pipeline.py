@@ -302,6 +302,73 @@ class Pipeline:
             touch(component)  # cached results computed before the move are stale
         return self
 
+    # -- adapters (the logic is in modblocks.diffusion.lora; imported here lazily) ---------
+
+    def load_lora_weights(
+        self, path_or_state_dict: Any, adapter_name: str | None = None, **kwargs: Any
+    ) -> None:
+        """Load LoRA weights into the UNet and text encoders, in place, as diffusers does.
+
+        Every cache sees the change (see `modblocks.diffusion.lora`, also for pipelines that
+        share the models).
+        """
+        from .diffusion import lora
+
+        lora.load_lora_weights(self, path_or_state_dict, adapter_name, **kwargs)
+
+    def set_adapters(self, adapter_names: str | Sequence[str], adapter_weights: Any = None) -> None:
+        """Activate the named LoRA adapters, with a weight each (1.0 if not given)."""
+        from .diffusion import lora
+
+        lora.set_adapters(self, adapter_names, adapter_weights)
+
+    def get_active_adapters(self) -> list[str]:
+        """Return the names of the LoRA adapters in use."""
+        from .diffusion import lora
+
+        return lora.get_active_adapters(self)
+
+    def unload_lora_weights(self) -> None:
+        """Remove every LoRA adapter from the models."""
+        from .diffusion import lora
+
+        lora.unload_lora_weights(self)
+
+    def fuse_lora(
+        self, lora_scale: float = 1.0, adapter_names: Sequence[str] | None = None
+    ) -> None:
+        """Merge the active (or named) LoRA adapters into the models' weights."""
+        from .diffusion import lora
+
+        lora.fuse_lora(self, lora_scale, adapter_names)
+
+    def unfuse_lora(self) -> None:
+        """Take fused LoRA adapters back out of the models' weights."""
+        from .diffusion import lora
+
+        lora.unfuse_lora(self)
+
+    def load_ip_adapter(self, path_or_state_dict: Any, **kwargs: Any) -> None:
+        """Load IP-Adapter weights into the UNet, in place (see `modblocks.diffusion.ip_adapter`).
+
+        Takes diffusers' arguments (`subfolder`, `weight_name`, `image_encoder_folder`, ...).
+        """
+        from .diffusion import ip_adapter
+
+        ip_adapter.load_ip_adapter(self, path_or_state_dict, **kwargs)
+
+    def set_ip_adapter_scale(self, scale: Any) -> None:
+        """Weight the loaded IP-Adapter(s): one number, one per adapter, or per block."""
+        from .diffusion import ip_adapter
+
+        ip_adapter.set_ip_adapter_scale(self, scale)
+
+    def unload_ip_adapter(self) -> None:
+        """Remove the IP-Adapter(s) from the UNet."""
+        from .diffusion import ip_adapter
+
+        ip_adapter.unload_ip_adapter(self)
+
     # -- loading and saving ----------------------------------------------------------------
 
     @classmethod

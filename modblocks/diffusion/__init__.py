@@ -15,9 +15,12 @@ Example:
     images = stable_diffusion.run(**tiny_sd_components(), prompt="a cat")["images"]
     ```
 
-Not supported for SD 1.x: IP-Adapter, LoRA scales, textual inversion, the safety checker,
-UNets with a guidance embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`;
-each family's module (`families/`) lists its own.
+Added by their own modules: ControlNet (`stable_diffusion_controlnet`,
+`stable_diffusion_xl_controlnet`), LoRA (`mb.Pipeline.load_lora_weights`, `lora`), guiders
+and the per-call LoRA scale (`guiders`), weighted and long prompts (`prompt_weighting`).
+Not supported for SD 1.x: textual inversion, the safety checker, UNets with a guidance
+embedding (`time_cond_proj_dim`, e.g. LCM) and `padding_mask_crop`; each family's module
+(`families/`) lists its own.
 """
 
 # The package is laid out by stage: one module per step of a diffusion pipeline (prompts:
@@ -27,6 +30,7 @@ each family's module (`families/`) lists its own.
 
 # Names listed in __all__ are re-exported (mypy's no_implicit_reexport accepts them).
 from .clip import PromptEmbeds, encode_prompt
+from .controlnet import stable_diffusion_controlnet, stable_diffusion_xl_controlnet
 from .denoise import (
     add_inpaint_channels,
     blend_masked_latents,
@@ -102,6 +106,8 @@ __all__ = [
     "set_timesteps",
     "stable_diffusion",
     "stable_diffusion_3",
+    "stable_diffusion_controlnet",
     "stable_diffusion_xl",
+    "stable_diffusion_xl_controlnet",
     "text2img",
 ]

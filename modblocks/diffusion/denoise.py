@@ -37,6 +37,12 @@ __all__ = [
 ]
 
 _T_DOC = Doc("the current timestep")
+_DOWN_DOC = Doc("residuals a ControlNet adds to the UNet's down blocks (None: no ControlNet)")
+_MID_DOC = Doc("the residual a ControlNet adds to the UNet's middle block")
+# A ControlNet block inserted before the noise prediction gives these two; without one they
+# stay None and the UNet runs as usual.
+Residuals = tuple[torch.Tensor, ...] | None
+_IMAGE_EMBEDS_DOC = Doc("IP-Adapter image embeddings, one per adapter (None: no image prompt)")
 
 
 @mb.block(output="latent_model_input")
@@ -89,10 +95,19 @@ def predict_noise(
     guidance_rescale: Annotated[
         float, Doc("rescale guided noise to fix overexposure (0: off), arXiv 2305.08891")
     ] = 0.0,
+    down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
+    mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
+    image_embeds: Annotated[list[torch.Tensor] | None, _IMAGE_EMBEDS_DOC] = None,
 ) -> Annotated[torch.Tensor, Doc("the noise prediction, guided")]:
     """Predict the noise with one UNet call, and apply classifier-free guidance."""
     noise_pred: torch.Tensor = unet(
-        latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False
+        latent_model_input,
+        t,
+        encoder_hidden_states=prompt_embeds,
+        added_cond_kwargs=None if image_embeds is None else {"image_embeds": image_embeds},
+        down_block_additional_residuals=down_block_res_samples,
+        mid_block_additional_residual=mid_block_res_sample,
+        return_dict=False,
     )[0]
     return guide(noise_pred, do_cfg, guidance_scale, guidance_rescale)
 
@@ -111,14 +126,21 @@ def predict_noise_xl(
     guidance_rescale: Annotated[
         float, Doc("rescale guided noise to fix overexposure (0: off), arXiv 2305.08891")
     ] = 0.0,
+    down_block_res_samples: Annotated[Residuals, _DOWN_DOC] = None,
+    mid_block_res_sample: Annotated[torch.Tensor | None, _MID_DOC] = None,
+    image_embeds: Annotated[list[torch.Tensor] | None, _IMAGE_EMBEDS_DOC] = None,
 ) -> Annotated[torch.Tensor, Doc("the noise prediction, guided")]:
     """Predict the noise with one UNet call conditioned on SDXL's extra inputs, and guide it."""
-    added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
+    added_cond_kwargs: dict[str, Any] = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
+    if image_embeds is not None:
+        added_cond_kwargs["image_embeds"] = image_embeds
     noise_pred: torch.Tensor = unet(
         latent_model_input,
         t,
         encoder_hidden_states=prompt_embeds,
         added_cond_kwargs=added_cond_kwargs,
+        down_block_additional_residuals=down_block_res_samples,
+        mid_block_additional_residual=mid_block_res_sample,
         return_dict=False,
     )[0]
     return guide(noise_pred, do_cfg, guidance_scale, guidance_rescale)

@@ -20,9 +20,9 @@ Example:
     images = state["images"]
     ```
 
-Not supported (as for SD 1.x): IP-Adapter, ControlNet, LoRA scales, textual inversion,
-`cross_attention_kwargs`, `padding_mask_crop`, UNets with a guidance embedding
-(`time_cond_proj_dim`) and the invisible watermark.
+ControlNet, LoRA, guiders and weighted prompts are added by their own modules (see
+`modblocks.diffusion`). Not supported (as for SD 1.x): textual inversion, `padding_mask_crop`,
+UNets with a guidance embedding (`time_cond_proj_dim`) and the invisible watermark.
 """
 
 from __future__ import annotations
