@@ -34,6 +34,7 @@ from ._specs import OutputSpec as OutputSpec
 from ._state import State as State
 from .exceptions import BlockError as BlockError
 from .exceptions import BlockPicklingError as BlockPicklingError
+from .exceptions import CacheKeyError as CacheKeyError
 from .exceptions import CancelledError as CancelledError
 from .exceptions import DefaultsWarning as DefaultsWarning
 from .exceptions import DefinitionError as DefinitionError
@@ -56,6 +57,7 @@ __all__ = [
     "BlockError",
     "BlockPicklingError",
     "Cache",
+    "CacheKeyError",
     "CacheStats",
     "CancelToken",
     "CancelledError",

@@ -151,7 +151,7 @@ class Block(Node, Generic[P, R]):
 
     @functools.cached_property
     def _identity(self) -> bytes:
-        from ._cache import identity_digest
+        from ._fingerprint import identity_digest
 
         # Bound values are not part of it: the run keys them like inputs (a bound generator
         # changes as it is drawn from).

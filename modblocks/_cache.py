@@ -13,151 +13,20 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import itertools
-import os
 import sys
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import attrs
 
-__all__ = ["Cache", "CacheStats", "fingerprint", "identity_digest", "touch"]
+from ._fingerprint import PLAIN, fingerprint, is_pil_image, touch
 
-PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})  # immutable by value
+__all__ = ["Cache", "CacheStats", "fingerprint", "private", "touch"]
+
 _ABSENT = b"\x00absent\x00" * 2  # 16 bytes: an optional input that was not given
-_tokens: dict[int, tuple[weakref.ref[Any], bytes, int]] = {}
-_tokens_lock = threading.Lock()
-_counter = itertools.count()
-
-
 _blake2b = hashlib.blake2b
-
-
-def _digest(*parts: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        h.update(part)
-    return h.digest()
-
-
-def fresh_key() -> bytes:
-    """A key that matches nothing before it: for values made by blocks that can't be cached."""
-    return os.urandom(16)
-
-
-def _token(obj: Any) -> bytes | None:
-    """A digest naming *obj* for as long as it lives (and its library version), or None."""
-    key = id(obj)
-    entry = _tokens.get(key)
-    if entry is not None and entry[0]() is obj:
-        return _digest(entry[1], entry[2].to_bytes(8, "little"))
-
-    def forget(_: object, key: int = key) -> None:
-        _tokens.pop(key, None)
-
-    try:
-        ref = weakref.ref(obj, forget)
-    except TypeError:
-        return None  # not weak-referenceable: can't tell a new object from a reused address
-    token = next(_counter).to_bytes(8, "little") + os.urandom(8)
-    with _tokens_lock:
-        _tokens[key] = (ref, token, 0)
-    return _digest(token, (0).to_bytes(8, "little"))
-
-
-def touch(obj: Any) -> None:
-    """Mark *obj* (a component) as changed, so cached results that read it are not reused.
-
-    `Pipeline.to` and `Pipeline.with_components` do this for you; call it after changing a
-    model's weights in place (loading LoRA weights, fusing, ...).
-    """
-    entry = _tokens.get(id(obj))
-    if entry is not None and entry[0]() is obj:
-        with _tokens_lock:
-            _tokens[id(obj)] = (entry[0], entry[1], entry[2] + 1)
-
-
-def fingerprint(value: Any, *, hash_tensors: bool = False) -> bytes | None:
-    """Digest a value: plain values by value, tensors by identity and version, or None.
-
-    None means "can't be fingerprinted": the block reading it is not served from a cache.
-
-    Example:
-        >>> fingerprint(3) == fingerprint(3), fingerprint(3) == fingerprint(3.0)
-        (True, False)
-    """
-    kind: type[object] = type(cast("object", value))
-    if kind in PLAIN:
-        return _digest(kind.__name__.encode(), repr(value).encode())
-    if kind in (tuple, list):
-        parts = [fingerprint(v, hash_tensors=hash_tensors) for v in value]
-        if any(p is None for p in parts):
-            return None
-        return _digest(kind.__name__.encode(), *(p for p in parts if p is not None))
-    if kind is dict:
-        items = [
-            (fingerprint(k), fingerprint(v, hash_tensors=hash_tensors)) for k, v in value.items()
-        ]
-        if any(k is None or v is None for k, v in items):
-            return None
-        return _digest(b"dict", *(k + v for k, v in items if k is not None and v is not None))
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        if isinstance(value, torch.Tensor):
-            return _tensor_fingerprint(value, hash_tensors=hash_tensors)
-        if isinstance(value, torch.Generator):
-            state = value.get_state()
-            return _digest(b"generator", state.numpy().tobytes())
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype != object:
-        # Arrays and images by content: callers edit them in place between calls (one pass
-        # over the data, about a millisecond for a 512x512 image).
-        meta = f"{value.shape}|{value.dtype.str}".encode()
-        return _digest(b"ndarray", meta, numpy.ascontiguousarray(value).tobytes())
-    if _is_pil_image(value):
-        meta = f"{value.size}|{value.mode}".encode()
-        return _digest(b"image", meta, value.tobytes())
-    token = _token(value)
-    return None if token is None else _digest(b"object", token)
-
-
-def _tensor_fingerprint(tensor: Any, *, hash_tensors: bool) -> bytes | None:
-    meta = f"{tuple(tensor.shape)}|{tensor.dtype}|{tensor.device}".encode()
-    if hash_tensors:
-        data = tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8)
-        return _digest(b"content", meta, data.numpy().tobytes())
-    if tensor.is_inference():
-        # Inference tensors keep no version counter, so an in-place change would go unseen:
-        # name them by content instead.
-        return _tensor_fingerprint(tensor, hash_tensors=True)
-    token = _token(tensor)
-    if token is None:
-        return None
-    version = tensor._version
-    return _digest(b"tensor", meta, token, version.to_bytes(8, "little"))
-
-
-def identity_digest(*parts: Any) -> bytes:
-    """Digest what makes a block itself: its code, names, defaults and bound values."""
-    pieces: list[bytes] = []
-    for part in parts:
-        if callable(part) and hasattr(part, "__code__"):
-            code = part.__code__
-            # The function object itself too: a factory's blocks share code but not closures.
-            pieces += [
-                _token(part) or fresh_key(),
-                f"{part.__module__}.{part.__qualname__}".encode(),
-                code.co_code,
-                repr(code.co_consts).encode(),
-                repr(code.co_names).encode(),
-            ]
-            continue
-        fp = fingerprint(part)
-        pieces.append(fp if fp is not None else fresh_key())
-    return _digest(*pieces)
 
 
 def is_plain(value: Any) -> bool:
@@ -172,30 +41,52 @@ class Unstorable(Exception):
     """A value the cache can't keep a private copy of (it is then not stored)."""
 
 
-def private(value: Any) -> Any:
-    """A copy of *value* that shares nothing the caller could change, for the cache to keep.
+def private(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """A copy of *value* that shares nothing anyone could change, for the cache to keep or serve.
 
-    Stored results are handed to later runs, so neither the run that stored them nor the one
-    served may change them: schedulers are stepped, arrays and images edited in place. Plain
-    values are immutable and shared; so are tensors that have a version counter (the cache
-    notices in-place changes) and modules (components, tracked with `touch`). Inference
-    tensors have no counter and are copied; anything else is deep-copied.
+    Stored results are handed to later runs and to callers, who may change them in place
+    (``images *= 255``, a scheduler stepped, a tensor edited through ``.numpy()``): the cache
+    keeps a copy, and serves a copy of it. Plain values are immutable and shared, models are
+    components (shared, and watched by their fingerprint); tensors are cloned, arrays and
+    images copied, containers copied through, anything else deep-copied. *memo* maps
+    ``id(original)`` to the copy already made, so a value stored twice is copied once.
     """
     kind = cast("type[object]", type(value))
     if kind in PLAIN:
         return value
+    if memo is not None:
+        found = memo.get(id(value))
+        if found is not None and found[0] is value:
+            return found[1]
+    copied = _copy(value, memo)
+    if memo is not None:
+        memo[id(value)] = (value, copied)  # the original too: its id stays its own
+    return copied
+
+
+def _copy(value: Any, memo: dict[int, Any] | None) -> Any:
+    kind = cast("type[object]", type(value))
     if kind is tuple:
-        return tuple(private(v) for v in value)
+        return tuple(private(v, memo) for v in value)
     if kind is list:
-        return [private(v) for v in value]
+        return [private(v, memo) for v in value]
     if kind is dict:
-        return {k: private(v) for k, v in value.items()}
+        return {k: private(v, memo) for k, v in value.items()}
     torch = sys.modules.get("torch")
     if torch is not None:
         if isinstance(value, torch.Tensor):
-            return value.clone() if value.is_inference() else value
+            return value.detach().clone()
         if isinstance(value, torch.nn.Module | torch.dtype | torch.device):
             return value
+        if isinstance(value, torch.Generator):
+            clone = torch.Generator(device=value.device)
+            clone.set_state(value.get_state())
+            return clone
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype != object:
+        return value.copy()
+    if is_pil_image(value):
+        return value.copy()
     try:
         return copy.deepcopy(value)
     except Exception as exc:  # whatever deepcopy raises, the value isn't kept
@@ -225,14 +116,9 @@ def nbytes(values: Iterable[Any]) -> int:
             total += value.numel() * value.element_size()
         elif type(getattr(value, "nbytes", None)) is int:  # NumPy arrays
             total += value.nbytes
-        elif _is_pil_image(value):
+        elif is_pil_image(value):
             total += value.width * value.height * len(value.getbands())
     return total
-
-
-def _is_pil_image(value: Any) -> bool:
-    image = sys.modules.get("PIL.Image")
-    return image is not None and isinstance(value, image.Image)
 
 
 @attrs.frozen
@@ -256,21 +142,6 @@ class Entry:
     keys: tuple[bytes, ...]  # one per output, for the units that read them
     generator_states: tuple[Any, ...]
     nbytes: int
-    versions: tuple[int, ...]  # of the tensors among the outputs, when stored
-
-
-def versions(values: Iterable[Any]) -> tuple[int, ...]:
-    """The version counters of the (non-inference) tensors among *values* and in their lists."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return ()
-    found: list[int] = []
-    for value in values:
-        if type(value) in (list, tuple):
-            found += versions(value)
-        elif isinstance(value, torch.Tensor) and not value.is_inference():
-            found.append(value._version)
-    return tuple(found)
 
 
 class Cache:
@@ -283,8 +154,9 @@ class Cache:
     Args:
         max_entries: the most results kept (least recently used go first); None for no limit.
         max_bytes: the most tensor bytes kept; None for no limit.
-        hash_tensors: fingerprint tensors by content (exact, costs a pass over the data)
-            instead of by identity and version counter (free, the default).
+        hash_tensors: fingerprint the tensors given to a run by content (the default: exact,
+            about a millisecond per megabyte), or, with False, by identity and version
+            counter (free, but blind to changes made through ``.numpy()`` or ``.data``).
         check_inplace: raise when a block changes one of its input tensors in place, which
             would corrupt results cached or shared with earlier states.
 
@@ -299,7 +171,7 @@ class Cache:
         *,
         max_entries: int | None = 1024,
         max_bytes: int | None = None,
-        hash_tensors: bool = False,
+        hash_tensors: bool = True,
         check_inplace: bool = False,
     ) -> None:
         self.max_entries = max_entries
@@ -319,11 +191,6 @@ class Cache:
         """Return the entry stored under *key* (and mark it recently used), or None."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.versions and versions(entry.outputs) != entry.versions:
-                # Someone changed a stored result in place: it can't be served any more.
-                del self._entries[key]
-                self._bytes -= entry.nbytes
-                entry = None
             if entry is None:
                 self._misses += 1
                 return None
@@ -332,11 +199,16 @@ class Cache:
             return entry
 
     def put(
-        self, key: Key, outputs: tuple[Any, ...], generator_states: tuple[Any, ...]
+        self,
+        key: Key,
+        outputs: tuple[Any, ...],
+        generator_states: tuple[Any, ...],
+        memo: dict[int, Any] | None = None,
     ) -> tuple[bytes, ...]:
         """Store *outputs* under *key* (evicting the least recently used beyond the limits).
 
-        Returns the outputs' keys, whether or not the result could be kept.
+        Returns the outputs' keys, whether or not the result could be kept. *memo* (see
+        `private`) lets the outputs of one run share their copies across entries.
         """
         keys = output_keys(key, len(outputs))
         size = nbytes(outputs)
@@ -344,10 +216,10 @@ class Cache:
             return keys
         try:
             # A private copy: the run goes on with (and may hand out) the originals.
-            outputs = tuple(private(v) for v in outputs)
+            outputs = tuple(private(v, memo) for v in outputs)
         except Unstorable:
             return keys
-        entry = Entry(outputs, keys, generator_states, size, versions(outputs))
+        entry = Entry(outputs, keys, generator_states, size)
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:

@@ -1,9 +1,13 @@
 """The cache as a hook of the engine: units served from a `Cache` instead of running.
 
 Blocks are cached one by one; a loop is cached as one unit (its steps' results are never
-reused alone); a renamed node sees its values' keys under its own names. A value's key is
-the key of the unit output that produced it (a Merkle chain), or a fingerprint of a value the
-caller gave.
+reused alone); a sequence is also cached as a whole, so a run whose inputs are unchanged is
+served with one lookup per sequence instead of one per block; a renamed node sees its
+values' keys under its own names. A value's key is the key of the unit output that produced
+it (a Merkle chain), or a fingerprint of a value the caller gave.
+
+What the cache keeps and what it serves are private copies (`private`): a caller or a later
+block changing them in place changes nothing stored.
 """
 
 from __future__ import annotations
@@ -11,22 +15,22 @@ from __future__ import annotations
 from typing import Any
 
 from ._cache import (
-    PLAIN,
     Cache,
     Entry,
     Key,
     fingerprint,
-    fresh_key,
     generators_in,
     is_plain,
     key_function,
     private,
 )
 from ._codegen import Cursor
-from ._engine import Hook, Run, UnitCall
-from ._failure import BLOCK, Failure
-from ._plan import LOOP, SCOPE, Call, Plan, Repeat, Scope
+from ._engine import Hook, Run, UnitCall, needs_hooks
+from ._failure import BLOCK, ERROR, Failure
+from ._fingerprint import PLAIN, fresh_key
+from ._plan import LOOP, SCOPE, SEQUENCE, Call, Plan, Repeat, Scope
 from ._specs import NOTHING
+from .exceptions import CacheKeyError
 
 __all__ = ["CacheHook", "cache_hooks"]
 
@@ -45,6 +49,7 @@ class CacheHook(Hook):
         self.cache = cache
         self.keys: dict[str, bytes] = {}  # the key of each value produced or fingerprinted
         self.uncached = 0  # > 0 inside a unit cached as a whole (a loop)
+        self.copies: dict[int, Any] = {}  # what this run stored, copied once (see `private`)
 
     def wrap(self, call: UnitCall, run: Run) -> UnitCall:
         def cached(plan: Plan, values: Values, at: Cursor | None) -> None:
@@ -52,9 +57,8 @@ class CacheHook(Hook):
             if kind == BLOCK:
                 assert isinstance(plan, Call)
                 self._block(plan, values, at, call, run)
-            elif kind == LOOP:
-                assert isinstance(plan, Repeat)
-                self._loop(plan, values, at, call, run)
+            elif kind in (LOOP, SEQUENCE):
+                self._whole(plan, values, at, call, run)
             elif kind == SCOPE:
                 assert isinstance(plan, Scope)
                 self._scope(plan, values, at, call)
@@ -68,47 +72,47 @@ class CacheHook(Hook):
     def _block(
         self, plan: Call, values: Values, at: Cursor | None, call: UnitCall, run: Run
     ) -> None:
-        cache = self.cache
-        check = cache.check_inplace
+        check = self.cache.check_inplace
         if self.uncached:
             _checked(call, plan, values, at, check)
             return
         for name, value in plan.bound:
             values[name] = value  # as running the block does first; keyed afresh below
             self.keys.pop(name, None)
-        key = None
-        if plan.cacheable:
-            key = _key(plan, self.keys, values, cache.hash_tensors)
-            entry = None if key is None else cache.get(key)
-            if entry is not None:
-                self._serve(run, entry, values, plan)
-                return
+        key = self._lookup(plan, values, run) if plan.cacheable else None
+        if key is True:
+            return
         generators = generators_in(values[n] for n in plan.inputs if n in values)
         _checked(call, plan, values, at, check)
         self._remember(key, values, plan, generators)
 
-    def _loop(
-        self, plan: Repeat, values: Values, at: Cursor | None, call: UnitCall, run: Run
+    def _whole(
+        self, plan: Plan, values: Values, at: Cursor | None, call: UnitCall, run: Run
     ) -> None:
+        """A loop or a sequence, served or stored whole; a loop's insides are never cached."""
         if self.uncached:
             call(plan, values, at)
             return
-        callbacks = bool(run.on_step) or plan.on_step is not None or run.sink is not None
-        key = None
+        loop = isinstance(plan, Repeat)
+        callbacks = bool(run.on_step) or run.sink is not None or needs_hooks(plan)
+        key: Key | bool | None = None
         if plan.cacheable and at is None and not callbacks:
-            # A resumed loop started from a state mid-way, and callbacks may change the
-            # values: neither result may be filed under the loop's inputs.
-            key = _key(plan, self.keys, values, self.cache.hash_tensors)
-            entry = None if key is None else self.cache.get(key)
-            if entry is not None:
-                self._serve(run, entry, values, plan)
+            # A resumed unit starts from a state mid-way, and callbacks may change values:
+            # neither result may be filed under the unit's inputs.
+            key = self._lookup(plan, values, run)
+            if key is True:
                 return
+        elif not loop:
+            call(plan, values, at)  # its blocks are cached one by one
+            return
         generators = generators_in(values[n] for n in plan.inputs if n in values)
-        self.uncached += 1
+        if loop:
+            self.uncached += 1
         try:
             call(plan, values, at)
         finally:
-            self.uncached -= 1
+            if loop:
+                self.uncached -= 1
         self._remember(key, values, plan, generators)
 
     def _scope(self, plan: Scope, values: Values, at: Cursor | None, call: UnitCall) -> None:
@@ -133,13 +137,30 @@ class CacheHook(Hook):
 
     # -- serving and storing -------------------------------------------------------------
 
+    def _lookup(self, plan: Plan, values: Values, run: Run) -> Key | bool | None:
+        """The unit's key, or True when it was served from the cache (None: no key)."""
+        function = plan.__dict__.get("_key_function")
+        if function is None:
+            function = plan.__dict__["_key_function"] = key_function(plan.inputs)
+        try:
+            key: Key | None = function(
+                plan.node._identity, self.keys, values, self.cache.hash_tensors
+            )
+        except CacheKeyError as err:
+            raise Failure(ERROR, err) from None
+        entry = None if key is None else self.cache.get(key)
+        if entry is None:
+            return key
+        self._serve(run, entry, values, plan)
+        return True
+
     def _serve(self, run: Run, entry: Entry, values: Values, plan: Plan) -> None:
         keys = self.keys
         for name, value, output_key in zip(plan.outputs, entry.outputs, entry.keys):  # noqa: B905
             if value is NOTHING:
                 continue  # the unit did not make it (a switch's branch that makes no such value)
-            # The stored copy stays private (runs may change theirs); plain values are immutable.
-            values[name] = value if type(value) in PLAIN else private(value)
+            # A copy of the stored one (runs and callers may change theirs), made once per run.
+            values[name] = value if type(value) in PLAIN else private(value, self.copies)
             keys[name] = output_key
         if entry.generator_states:
             # Leave the generators as running the unit would have: later draws stay the same.
@@ -148,8 +169,10 @@ class CacheHook(Hook):
                 generator.set_state(state)
         run.emit("cached")
 
-    def _remember(self, key: Key | None, values: Values, plan: Plan, generators: list[Any]) -> None:
-        if key is None:
+    def _remember(
+        self, key: Key | bool | None, values: Values, plan: Plan, generators: list[Any]
+    ) -> None:
+        if not isinstance(key, tuple):
             for name in plan.outputs:
                 if name not in values:
                     continue
@@ -159,16 +182,9 @@ class CacheHook(Hook):
                 self.keys[name] = (fingerprint(value) if is_plain(value) else None) or fresh_key()
             return
         produced = tuple(values.get(name, NOTHING) for name in plan.outputs)
-        stored = self.cache.put(key, produced, tuple(g.get_state() for g in generators))
+        states = tuple(g.get_state() for g in generators)
+        stored = self.cache.put(key, produced, states, self.copies)
         self.keys.update(zip(plan.outputs, stored, strict=True))
-
-
-def _key(plan: Plan, keys: dict[str, bytes], values: Values, hash_tensors: bool) -> Key | None:
-    function = plan.__dict__.get("_key_function")
-    if function is None:
-        function = plan.__dict__["_key_function"] = key_function(plan.inputs)
-    identity: bytes = plan.node._identity
-    return function(identity, keys, values, hash_tensors)
 
 
 def _checked(call: UnitCall, plan: Call, values: Values, at: Cursor | None, check: bool) -> None:

@@ -25,7 +25,7 @@ from ._events import Event, EventKind
 from ._failure import BLOCK, CANCELLED, Failure, missing_message, to_error
 from ._names import did_you_mean, listed
 from ._paths import Path, Segment, parse
-from ._plan import LOOP, Call, Choice, Plan, Repeat, Scope, Seq
+from ._plan import Call, Choice, Plan, Repeat, Scope, Seq
 from ._specs import COMPONENT, NOTHING
 from ._state import State, summarize
 from .exceptions import InputTypeError, MissingInputError, PathError, UnknownInputError
@@ -42,6 +42,7 @@ __all__ = [
     "Step",
     "execute",
     "fork",
+    "needs_hooks",
     "run_plain",
 ]
 
@@ -167,16 +168,17 @@ class Run:
 
     def unit(self, plan: Plan, label: str | None, values: Values, at: Cursor | None) -> None:
         """Run *plan* (under *label* in paths, if any) through the hooks."""
+        if label is None:  # the inner node of a scope, an anonymous root: its children check
+            self._chain(plan, values, at)
+            return
         path = self.path
-        if label is not None:
-            path.append(Segment(label))
+        path.append(Segment(label))
         try:
-            if self.cancel is not None and self.cancel.cancelled and plan.kind in _CHECKED:
-                raise Failure(CANCELLED)
+            if self.cancel is not None and self.cancel.cancelled:
+                raise Failure(CANCELLED)  # before it starts (and before a cache looks it up)
             self._chain(plan, values, at)
         finally:
-            if label is not None:
-                path.pop()
+            path.pop()
 
     def where(self) -> Path:
         """The current path, e.g. ``text2img > denoise[step 3] > unet``."""
@@ -239,9 +241,6 @@ class Run:
             inverse = {o: i for i, o in names.items()}
             translated = {inverse.get(k, k): v for k, v in translated.items()}
         return translated
-
-
-_CHECKED = frozenset({"block", LOOP})  # units a cancelled run stops before
 
 
 def _send(listener: Callable[[Event], None], event: Event) -> None:
@@ -330,7 +329,7 @@ def execute(
         and cancel is None
         and sink is None
         and not hook_list
-        and not _needs_hooks(plan)
+        and not needs_hooks(plan)
     )
     try:
         if plain:
@@ -363,7 +362,7 @@ def run_plain(node: Runnable, values: Values) -> State:
     plan = node._plan
     function = plan.__dict__.get("_fast")
     if function is None:
-        if _needs_hooks(plan):
+        if needs_hooks(plan):
             return execute(node, None, values)
         function = fast(plan)
     try:
@@ -397,18 +396,18 @@ def _as_mapping(state: object, node: Runnable) -> Mapping[str, Any]:
     return cast("Mapping[str, Any]", mapping)
 
 
-def _needs_hooks(plan: Plan) -> bool:
+def needs_hooks(plan: Plan) -> bool:
     """Whether the plan has a loop with its own step callback (it needs the hooked path)."""
     found: bool | None = plan.__dict__.get("_needs_hooks")
     if found is None:
         if isinstance(plan, Repeat):
-            found = plan.on_step is not None or _needs_hooks(plan.body)
+            found = plan.on_step is not None or needs_hooks(plan.body)
         elif isinstance(plan, Seq):
-            found = any(_needs_hooks(c) for c in plan.children)
+            found = any(needs_hooks(c) for c in plan.children)
         elif isinstance(plan, Choice):
-            found = any(_needs_hooks(c) for c in plan.branches)
+            found = any(needs_hooks(c) for c in plan.branches)
         elif isinstance(plan, Scope):
-            found = _needs_hooks(plan.inner)
+            found = needs_hooks(plan.inner)
         else:
             found = False
         plan.__dict__["_needs_hooks"] = found

@@ -20,13 +20,23 @@ from .exceptions import (
     OutputError,
 )
 
-__all__ = ["BLOCK", "CANCELLED", "MISSING", "OUTPUT", "TYPE", "Failure", "missing_message"]
+__all__ = [
+    "BLOCK",
+    "CANCELLED",
+    "ERROR",
+    "MISSING",
+    "OUTPUT",
+    "TYPE",
+    "Failure",
+    "missing_message",
+]
 
 BLOCK: Final = "block"
 MISSING: Final = "missing"
 OUTPUT: Final = "output"
 CANCELLED: Final = "cancelled"
 TYPE: Final = "type"
+ERROR: Final = "error"  # a finished modblocks error (the cause), to be given its path and state
 
 
 class Failure(Exception):
@@ -95,6 +105,11 @@ def to_error(failure: Failure, state: State) -> ModblocksError:
         )
         msg = f"{missing_message(where, names)} (at `{path}`: {why}).{fields.get('hint', '')}"
         return MissingInputError(msg, node=where, names=names, path=path, state=state)
+    if failure.kind == ERROR and isinstance(failure.cause, ModblocksError):
+        error = failure.cause
+        error.__dict__.update(path=path, state=state)
+        error.args = (f"{error} (at `{path}`)",)
+        return error
     if failure.kind == TYPE:
         msg = f"{failure.message} (at `{path}`). {fields.get('fix', '')}".rstrip()
         details = {k: v for k, v in fields.items() if k != "fix"}

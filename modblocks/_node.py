@@ -293,7 +293,7 @@ class Node:
     @functools.cached_property
     def _identity(self) -> bytes:
         """A digest of what this node does: its code, structure and names (for caching)."""
-        from ._cache import identity_digest
+        from ._fingerprint import identity_digest
 
         parts: list[Any] = [type(self).__name__, self._label]
         parts += [(name, child._identity) for name, child in self._children()]
@@ -671,9 +671,15 @@ class Sequential(Composite):
         return Sequential(tuple(kept), name=self.name)
 
     def _make_plan(self) -> Plan:
+        feeds = tuple(fed_defaults(self.nodes))
+        fields = self._plan_fields()
+        # The defaults it feeds later readers enter the state too: a cache serving the whole
+        # sequence must put them back.
+        fed = dict.fromkeys(name for feed in feeds for name, _ in feed)
+        fields["outputs"] += tuple(name for name in fed if name not in fields["outputs"])
         return Seq(
-            **self._plan_fields(),
+            **fields,
             children=tuple(node._plan for node in self.nodes),
             labels=self.__dict__["_labels"],
-            feeds=tuple(fed_defaults(self.nodes)),
+            feeds=feeds,
         )

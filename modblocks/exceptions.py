@@ -19,6 +19,7 @@ import attrs
 __all__ = [
     "BlockError",
     "BlockPicklingError",
+    "CacheKeyError",
     "CancelledError",
     "DefaultsWarning",
     "DefinitionError",
@@ -151,6 +152,13 @@ class FrozenStateError(ModblocksError, attrs.exceptions.FrozenInstanceError, Typ
         BaseException.__init__(self, message)  # attrs' FrozenError takes no message
         self.msg = message
         self.__dict__.update(fields)
+
+
+class CacheKeyError(ModblocksError, ValueError):
+    """A value given to a cached run can't be named by a key (a container that holds itself)."""
+
+    path: str = ""
+    state: Any = None
 
 
 class BlockPicklingError(ModblocksError, pickle.PicklingError):

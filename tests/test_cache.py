@@ -3,7 +3,7 @@
 import functools
 import operator
 from collections import Counter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -93,14 +93,17 @@ def last(c: int) -> int:
 chain = (first >> second >> combine >> last).named("chain")
 
 
-def test_cache_serves_every_block_on_an_identical_second_run():
+def test_cache_serves_an_identical_second_run_with_one_lookup():
     cache = mb.Cache()
     before = chain.run(x=1, y=2, cache=cache)
     assert calls == {"first": 1, "second": 1, "combine": 1, "last": 1}
-    assert cache.stats() == mb.CacheStats(hits=0, misses=4, entries=4, bytes=0, evictions=0)
-    after = chain.run(x=1, y=2, cache=cache)
+    # Four blocks and the sequence as a whole: five entries.
+    assert cache.stats() == mb.CacheStats(hits=0, misses=5, entries=5, bytes=0, evictions=0)
+    report = mb.Report()
+    after = chain.run(x=1, y=2, cache=cache, events=report)
     assert calls == {"first": 1, "second": 1, "combine": 1, "last": 1}
-    assert cache.stats().hits == 4
+    assert cache.stats().hits == 1  # the sequence, served whole
+    assert report.cached == ["chain"]
     assert dict(after) == dict(before) == {"x": 1, "y": 2, "a": 2, "b": 20, "c": 22, "d": -22}
     assert list(after) == list(before)
 
@@ -184,7 +187,7 @@ def test_cache_same_seed_serves_everything_and_matches_uncached_run_bit_for_bit(
     report = mb.Report()
     cached, _ = _t2i(cache, seed=5, events=report)
     assert calls == {}
-    assert report.cached == ["t2i > encode", "t2i > prepare", "t2i > denoise", "t2i > decode"]
+    assert report.cached == ["t2i"]  # served whole
     uncached, _ = _t2i(None, seed=5)
     assert torch.equal(cached["image"], uncached["image"])
 
@@ -282,14 +285,18 @@ def double(x: torch.Tensor) -> torch.Tensor:
     return x * 2
 
 
-def test_cache_same_tensor_hits_and_equal_new_tensor_misses_by_default():
+def test_cache_keys_tensors_by_content_by_default_and_by_identity_if_asked():
     cache = mb.Cache()
     x = torch.ones(3)
     double.run(x=x, cache=cache)
     double.run(x=x, cache=cache)
     assert calls["double"] == 1
-    double.run(x=torch.ones(3), cache=cache)  # identity, not contents, by default
-    assert calls["double"] == 2
+    double.run(x=torch.ones(3), cache=cache)  # contents, not identity, by default
+    assert calls["double"] == 1
+    by_identity = mb.Cache(hash_tensors=False)
+    double.run(x=x, cache=by_identity)
+    double.run(x=torch.ones(3), cache=by_identity)
+    assert calls["double"] == 3
 
 
 def test_cache_misses_after_an_inplace_change_of_an_input_tensor():
@@ -703,3 +710,153 @@ def test_cache_tensor_in_a_list_changed_in_place_is_not_served():
     parts[1].add_(100)  # the caller changes a tensor inside the stored list
     again = split.run(x=x, cache=cache)["parts"]
     assert [p.tolist() for p in again] == [[2.0, 2.0], [3.0, 3.0]]
+
+
+# -- never stale ---------------------------------------------------------------------------------
+
+
+def test_cache_sees_tensor_edits_that_bypass_the_version_counter():
+    cache = mb.Cache()
+    x = torch.ones(3)
+    double.run(x=x, cache=cache)
+    x.numpy()[0] = 99.0
+    assert double.run(x=x, cache=cache)["y"].tolist() == [198.0, 2.0, 2.0]
+    x.data.add_(1)
+    assert double.run(x=x, cache=cache)["y"].tolist() == [200.0, 4.0, 4.0]
+
+
+def test_cache_results_edited_by_the_caller_do_not_reach_the_next_call():
+    @mb.block(output="d")
+    def as_dict(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"t": x * 2}
+
+    cache = mb.Cache()
+    x = torch.ones(3)
+    y = double.run(x=x, cache=cache)["y"]
+    y.numpy()[:] = -1
+    assert double.run(x=x, cache=cache)["y"].tolist() == [2.0, 2.0, 2.0]
+    d = as_dict.run(x=x, cache=cache)["d"]
+    d["t"].add_(100)
+    assert as_dict.run(x=x, cache=cache)["d"]["t"].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_cache_keys_sets_and_object_arrays_by_content():
+    import numpy as np
+
+    @mb.block(output="n")
+    def size(items: set[int]) -> int:
+        calls["size"] += 1
+        return len(items)
+
+    cache = mb.Cache()
+    items = {1, 2}
+    assert size.run(items=items, cache=cache)["n"] == 2
+    items.add(3)
+    assert size.run(items=items, cache=cache)["n"] == 3
+    assert size.run(items={3, 2, 1}, cache=cache)["n"] == 3  # an equal set: served
+    assert calls["size"] == 2
+
+    @mb.block(output="n")
+    def count(objects: np.ndarray) -> int:
+        return sum(len(o) for o in objects)
+
+    objects = np.array([[1], [2, 3]], dtype=object)
+    assert count.run(objects=objects, cache=cache)["n"] == 3
+    objects[0].append(9)  # in place, inside an element
+    assert count.run(objects=objects, cache=cache)["n"] == 4
+
+
+def test_cache_refuses_a_container_that_holds_itself_with_a_named_error():
+    @mb.block(output="n")
+    def length(items: list[Any]) -> int:
+        return len(items)
+
+    items: list[Any] = [1]
+    items.append(items)
+    with pytest.raises(mb.CacheKeyError, match="contains itself") as info:
+        length.run(items=items, cache=mb.Cache())
+    assert isinstance(info.value, ValueError)
+    assert info.value.path == "length"
+    assert length.run(items=items)["n"] == 2  # without a cache it runs
+
+
+def test_cache_keys_a_large_list_in_one_pass():
+    @mb.block(output="total")
+    def total(values: list[int]) -> int:
+        calls["total"] += 1
+        return sum(values)
+
+    cache = mb.Cache()
+    values = list(range(200_000))
+    assert total.run(values=values, cache=cache)["total"] == sum(values)
+    assert total.run(values=list(range(200_000)), cache=cache)["total"] == sum(values)
+    assert calls["total"] == 1
+    values[-1] = 0
+    assert total.run(values=values, cache=cache)["total"] == sum(values)
+    assert calls["total"] == 2
+
+
+def test_cache_sees_models_changed_in_place_without_touch():
+    cache = mb.Cache()
+    proj = _linear(0)
+    pipe = mb.Pipeline(project, components={"proj": proj}, cache=cache, inference_mode=False)
+    x = torch.ones(1, 3)
+    first = pipe(x=x, output="h")
+    assert calls["project"] == 1
+    with torch.no_grad():
+        proj.weight.add_(1.0)  # an optimizer step, a LoRA fused by hand with add_
+    assert not torch.equal(pipe(x=x, output="h"), first)
+    proj.load_state_dict(_linear(0).state_dict())  # back to the first weights
+    assert torch.equal(pipe(x=x, output="h"), first)
+    proj.bias = torch.nn.Parameter(torch.zeros(2))  # a parameter replaced
+    assert torch.equal(pipe(x=x, output="h"), x @ proj.weight.T)
+    proj.to(torch.float64)
+    assert pipe(x=x, output="h").dtype == torch.float64
+    assert calls["project"] == 5
+
+
+def test_cache_sees_submodules_replaced_inside_a_model():
+    @mb.block(output="h")
+    def run_model(x: torch.Tensor, model: mb.Component[torch.nn.Sequential]) -> torch.Tensor:
+        return model(x)
+
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Identity())
+    pipe = mb.Pipeline(run_model, components={"model": model}, cache=mb.Cache())
+    x = torch.ones(2)
+    assert pipe(x=x, output="h").tolist() == [1.0, 1.0]
+    model[1] = torch.nn.ReLU()  # as loading a LoRA swaps layers
+    model[0] = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model[0].weight.copy_(-torch.eye(2))
+    assert pipe(x=x, output="h").tolist() == [0.0, 0.0]
+
+
+def _unboxer(name: str) -> mb.Block[..., int]:
+    """A block reading tensor `box_<name>` and writing its value as `<name>`."""
+
+    def unbox(box: torch.Tensor) -> int:
+        return int(box.sum())
+
+    return mb.block(unbox, name=f"unbox_{name}", output=name).rename(box=f"box_{name}")
+
+
+@given(chains(), st.data())
+def test_cache_random_chains_with_random_inplace_edits_equal_uncached_runs(specs, data):
+    """Whatever the caller edits in place between calls, a cached run equals an uncached one."""
+    chain_node = mb.Sequential([build_block(s) for s in specs])
+    names = [s.name for s in chain_node.inputs]
+    node = mb.Sequential([*(_unboxer(n) for n in names), chain_node]) if names else chain_node
+    boxes = {f"box_{n}": torch.tensor([data.draw(st.integers(-50, 50))]) for n in names}
+    cache = mb.Cache(max_entries=data.draw(st.integers(1, 50)))
+    for _ in range(4):
+        assert dict(node.run(cache=cache, **boxes)) == dict(node.run(**boxes))
+        if boxes:
+            box = boxes[data.draw(st.sampled_from(sorted(boxes)))]
+            value = data.draw(st.integers(-50, 50))
+            how = data.draw(st.sampled_from(["numpy", "data", "inplace"]))
+            if how == "numpy":
+                box.numpy()[0] = value  # bypasses the version counter
+            elif how == "data":
+                box.data.fill_(value)  # so does .data
+            else:
+                box.fill_(value)

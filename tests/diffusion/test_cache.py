@@ -79,8 +79,9 @@ def plain(components: dict[str, Any]) -> mb.Pipeline:
 def test_sd_cache_new_seed_reruns_only_latents_loop_and_decoding(cached, plain):
     first, _ = call(cached, prompt="a cat", generator=seed(0), **SMALL)
     assert cached.cache is not None
+    # Seven blocks and loops, and the sequence of them as a whole.
     assert cached.cache.stats() == mb.CacheStats(
-        hits=0, misses=7, entries=7, bytes=cached.cache.stats().bytes, evictions=0
+        hits=0, misses=8, entries=8, bytes=cached.cache.stats().bytes, evictions=0
     )
     images, report = call(cached, prompt="a cat", generator=seed(1), **SMALL)
     assert report.cached == paths(T2I, "encode_prompt", "default_size", "set_timesteps")
@@ -91,7 +92,7 @@ def test_sd_cache_new_seed_reruns_only_latents_loop_and_decoding(cached, plain):
         T2I + "postprocess",
     ]
     stats = cached.cache.stats()
-    assert (stats.hits, stats.misses, stats.entries) == (3, 11, 11)
+    assert (stats.hits, stats.misses, stats.entries) == (3, 13, 13)
     expected = plain(prompt="a cat", generator=seed(1), **SMALL, output="images")
     assert np.array_equal(images, expected)
     assert not np.array_equal(images, first)  # the seed did change the picture
@@ -114,16 +115,7 @@ def test_sd_cache_same_prompt_and_seed_serves_everything(cached, plain):
     generator = seed(3)
     images, report = call(cached, prompt="a cat", generator=generator, **SMALL)
     assert report.ran == []
-    assert report.cached == paths(
-        T2I,
-        "encode_prompt",
-        "default_size",
-        "set_timesteps",
-        "prepare_latents",
-        "denoise",  # a loop is served whole, never step by step
-        "decode_latents",
-        "postprocess",
-    )
+    assert report.cached == ["stable_diffusion > text2img"]  # one lookup for the whole run
     plain_generator = seed(3)
     expected = plain(prompt="a cat", generator=plain_generator, **SMALL, output="images")
     assert np.array_equal(images, expected)
@@ -348,18 +340,7 @@ def test_sd_cache_after_a_failure_in_the_last_block_reruns_only_that_block(compo
     assert info.value.block == "quantize"
     images, report = call(pipe, prompt="a cat", generator=seed(0), levels=16, **SMALL)
     assert report.ran == ["quantize"]
-    assert report.cached == [
-        *paths(
-            "text2img > ",
-            "encode_prompt",
-            "default_size",
-            "set_timesteps",
-            "prepare_latents",
-            "denoise",
-            "decode_latents",
-            "postprocess",
-        )
-    ]
+    assert report.cached == ["text2img"]  # the sequence before it, served whole
     expected = mb.Pipeline(text2img >> quantize, components=components)(
         prompt="a cat", generator=seed(0), levels=16, **SMALL, output="images"
     )
