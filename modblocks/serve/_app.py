@@ -318,18 +318,18 @@ async def _parse(request: Request, requests: Requests) -> tuple[dict[str, Any], 
         body: dict[str, Any] = {}
         files: dict[str, bytes] = {}
         try:
-            form = await request.form(
+            async with request.form(
                 max_files=16, max_fields=256, max_part_size=limits.max_image_bytes
-            )
+            ) as form:  # closes the uploaded files' temporary copies
+                for name, value in form.multi_items():
+                    if isinstance(value, str):
+                        body[name] = _form_value(requests, name, value)
+                    else:
+                        data = await value.read(limits.max_image_bytes + 1)
+                        if data:
+                            files[name] = data
         except StarletteHTTPException as err:
             raise RequestError(f"bad multipart form: {err.detail}", status=400) from None
-        for name, value in form.multi_items():
-            if isinstance(value, str):
-                body[name] = _form_value(requests, name, value)
-            else:
-                data = await value.read(limits.max_image_bytes + 1)
-                if data:
-                    files[name] = data
         return requests.parse(body, files)
     raw = await request.body()
     try:

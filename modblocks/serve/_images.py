@@ -79,6 +79,8 @@ def decode_image(data: str | bytes, field: str, *, max_bytes: int, max_pixels: i
             image.load()
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # over PIL's own limit, which is far above ours
+        raise _reject(field, f"the image is over the limit of {max_pixels} pixels", 413) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Warning) as exc:
         raise _reject(field, f"not a readable image ({exc}); send a PNG") from None
     return image

@@ -59,6 +59,7 @@ class PipelineRunner:
     or loop is served from the pipeline's cache, ``step`` after each loop step (*index* of
     *total*, counted from 1, and the loop's path), and ``preview`` (a PNG of the value
     *preview_value*, see `preview`) every ``job.preview_every`` steps and after the last.
+    Previews need the loop's steps, so a loop the cache holds runs again when they are asked.
 
     Args:
         pipe: the pipeline (thread-safe: one runner serves every worker).
@@ -81,20 +82,23 @@ class PipelineRunner:
             if event.kind == "cached":
                 cached.append(event.path)
                 job.emit({"type": "cached", "path": event.path})
+            elif event.kind == "step" and event.index is not None:
+                index = event.index + 1
+                job.emit({"type": "step", "index": index, "total": event.total, "path": event.path})
             elif event.kind == "started" and "[step" not in event.path:
                 job.emit({"type": "block", "path": event.path})
 
         def on_step(step: Step) -> None:
-            job.emit({"type": "step", "index": step.index + 1, "total": step.total, "path": step.path})
             every = job.preview_every
-            last = step.index + 1 == step.total
-            if every > 0 and ((step.index + 1) % every == 0 or last):
+            if (step.index + 1) % every == 0 or step.index + 1 == step.total:
                 self._preview(job, step.state, step.index + 1)
 
         began = time.perf_counter()
+        # A step callback makes loops run step by step even when the cache holds their result
+        # (a callback may change the state): ask for one only when previews are wanted.
         state = self.pipe.run(
             **with_generators(job.inputs, job.seeds),
-            on_step=on_step,
+            on_step=on_step if job.preview_every > 0 else None,
             events=events,
             cancel=job.cancel,
         )
