@@ -70,7 +70,7 @@ def _control(field: Field) -> str:
 
 def _row(field: Field) -> str:
     bounds = ""
-    if field.minimum is not None or field.maximum is not None:
+    if field.kind == "value" and (field.minimum is not None or field.maximum is not None):
         low = _number(field.minimum) or "…"
         high = _number(field.maximum) or "…"
         bounds = f" <span class='range'>[{low}, {high}]</span>"
