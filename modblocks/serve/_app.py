@@ -16,8 +16,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._cache import Cache
+from .._node import Node
 from .._pipeline import Pipeline
-from ._fields import Field, request_fields
+from ..exceptions import ModblocksError
+from ._fields import request_fields
 from ._mermaid import mermaid_js
 from ._page import render_page
 from ._request import Limits, RequestError, Requests
@@ -118,35 +120,33 @@ async def _too_large(limit: int, send: Send) -> None:
 
 
 def create_app(
-    pipe: Pipeline,
+    pipe: Pipeline | Node,
     options: ServeOptions | None = None,
     *,
     runner: Runner | None = None,
-    fields: Sequence[Field] | None = None,
 ) -> FastAPI:
     """Make the ASGI app that serves *pipe* (run it with uvicorn, or `modblocks serve`).
 
     Args:
-        pipe: the pipeline; its typed inputs make the request model and the page's form.
+        pipe: the pipeline; its typed inputs make the request model and the page's form. A
+            bare node (its blocks) is enough when *runner* runs the jobs elsewhere.
         options: limits, auth, cache and preview settings (`ServeOptions`).
         runner: what runs each job; by default a `PipelineRunner` in worker threads here
             (`modblocks.ray.serve` passes one that calls Ray Serve replicas).
-        fields: the request fields, when already worked out.
 
     Returns:
         A FastAPI app; ``app.state.runs`` is its `RunManager` (closed when the app shuts down).
     """
     options = options or ServeOptions()
-    if options.cache and pipe.cache is None:
-        pipe = attrs.evolve(pipe, cache=Cache(max_entries=options.cache_entries))
-    label = pipe.blocks._label
-    fields = tuple(fields) if fields is not None else request_fields(pipe.blocks.inputs, label)
-    outputs = (
-        tuple(options.outputs) if options.outputs else default_outputs(pipe.blocks.outputs)
-    )
+    blocks = pipe.blocks if isinstance(pipe, Pipeline) else pipe
+    label = blocks._label
+    fields = request_fields(blocks.inputs, label)
     requests = Requests(fields, label, options.limits)
     if runner is None:
-        runner = PipelineRunner(pipe, outputs, options.preview_value)
+        if not isinstance(pipe, Pipeline):
+            msg = f"serving `{label}` needs its components: pass an `mb.Pipeline`, or a runner."
+            raise ModblocksError(msg)
+        runner = local_runner(pipe, options)
     runs = RunManager(
         runner, concurrency=options.concurrency, max_queue=options.max_queue, keep=options.keep
     )
@@ -158,14 +158,13 @@ def create_app(
         finally:
             runs.close()
 
-    description = pipe.blocks.description or f"Runs the modblocks pipeline `{label}`."
+    description = blocks.description or f"Runs the modblocks pipeline `{label}`."
     app = FastAPI(
         title=options.title or label,
         description=f"{description}\n\nServed by modblocks: `POST /runs` with the inputs below.",
         lifespan=lifespan,
     )
     app.state.runs = runs
-    app.state.pipeline = pipe
     app.add_middleware(_BodyLimit, limit=options.limits.max_request_bytes)
     bearer = HTTPBearer(auto_error=False)
 
@@ -274,7 +273,7 @@ def create_app(
     async def page() -> HTMLResponse:
         return HTMLResponse(
             render_page(
-                pipe.blocks,
+                blocks,
                 fields,
                 title=options.title or label,
                 token=options.token is not None,
@@ -300,6 +299,14 @@ def create_app(
 
 
 _STATIC_FILES = frozenset({"app.js", "app.css"})
+
+
+def local_runner(pipe: Pipeline, options: ServeOptions) -> PipelineRunner:
+    """The runner of *pipe* in this process, with the cache and outputs *options* ask for."""
+    if options.cache and pipe.cache is None:
+        pipe = attrs.evolve(pipe, cache=Cache(max_entries=options.cache_entries))
+    outputs = options.outputs or default_outputs(pipe.blocks.outputs)
+    return PipelineRunner(pipe, outputs, options.preview_value)
 
 
 def _form_value(requests: Requests, name: str, value: str) -> Any:

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Final, Literal, Protocol, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias, cast
 
 import attrs
 
@@ -295,7 +295,14 @@ class RunManager:
 
 
 def error_json(exc: BaseException) -> dict[str, Any]:
-    """An error as the API reports it: its type, message and (for block errors) path."""
+    """An error as the API reports it: its type, message and (for block errors) path.
+
+    An error that already carries such a report (``exc.report``: one from another process)
+    is reported as it says.
+    """
+    report = getattr(exc, "report", None)
+    if isinstance(report, dict):
+        return cast("dict[str, Any]", report)
     return {"type": type(exc).__name__, "message": str(exc), "path": getattr(exc, "path", "")}
 
 
