@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modblocks.serve import main as serve
     except ImportError as err:
         print(  # noqa: T201 - tells how to install what is missing
-            f'modblocks serve needs the serve extra ({err.name} is missing): pip install "modblocks[serve]"',
+            f"modblocks serve needs the serve extra ({err.name} is missing): "
+            'pip install "modblocks[serve]"',
             file=sys.stderr,
         )
         return 2

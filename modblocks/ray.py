@@ -46,30 +46,36 @@ class RayMapError(MapError):
     """
 
     @property
-    def results(self) -> Sequence[Any]:  # pyright: ignore[reportIncompatibleVariableOverride]
+    def results(self) -> Sequence[Any]:
         """One entry per row of the batch: its result, or `MapError.FAILED`."""
         return cast("Sequence[Any]", _field(self, "results"))
 
     @results.setter
-    def results(self, value: Sequence[Any]) -> None:
+    def results(  # pyright: ignore[reportIncompatibleVariableOverride] - a property over a field
+        self, value: Sequence[Any]
+    ) -> None:
         self.__dict__["results"] = value
 
     @property
-    def failures(self) -> Mapping[int, BaseException]:  # pyright: ignore[reportIncompatibleVariableOverride]
+    def failures(self) -> Mapping[int, BaseException]:
         """The error of each failed row, by its index in the batch."""
         return cast("Mapping[int, BaseException]", _field(self, "failures"))
 
     @failures.setter
-    def failures(self, value: Mapping[int, BaseException]) -> None:
+    def failures(  # pyright: ignore[reportIncompatibleVariableOverride] - a property over a field
+        self, value: Mapping[int, BaseException]
+    ) -> None:
         self.__dict__["failures"] = value
 
     @property
-    def inputs(self) -> Mapping[int, Any]:  # pyright: ignore[reportIncompatibleVariableOverride]
+    def inputs(self) -> Mapping[int, Any]:
         """The inputs of each failed row, by index."""
         return cast("Mapping[int, Any]", _field(self, "inputs"))
 
     @inputs.setter
-    def inputs(self, value: Mapping[int, Any]) -> None:
+    def inputs(  # pyright: ignore[reportIncompatibleVariableOverride] - a property over a field
+        self, value: Mapping[int, Any]
+    ) -> None:
         self.__dict__["inputs"] = value
 
 
@@ -146,7 +152,9 @@ class PipelineActor:
             ray_error = RayMapError(
                 str(error), results=error.results, failures=error.failures, inputs=error.inputs
             )
-            ray_error.add_note("modblocks.ray: in a batch of rows (indices count from its first row).")
+            ray_error.add_note(
+                "modblocks.ray: in a batch of rows (indices count from its first row)."
+            )
             raise ray_error from error.__cause__
         out = dict(rows)
         if isinstance(self.output, str):
@@ -294,16 +302,12 @@ def serve(
     if options is None or options.concurrency < num_replicas:
         settings = attrs.evolve(settings, concurrency=max(settings.concurrency, num_replicas))
     worker = ray_serve.deployment(
-        PipelineWorker,
         name=f"{name}-pipeline",
         num_replicas=num_replicas,
         ray_actor_options=dict(ray_actor_options or {"num_cpus": 1}),
         max_ongoing_requests=-(-settings.concurrency // num_replicas),  # runs per replica
-    ).bind(factory, settings)
+    )(PipelineWorker).bind(factory, settings)
     ingress = ray_serve.deployment(
-        ray_serve.ingress()(Ingress),
-        name=f"{name}-ingress",
-        num_replicas=1,
-        ray_actor_options={"num_cpus": 0},
-    ).bind(worker, blocks, settings)
-    return ray_serve.run(ingress, name=name, route_prefix=route_prefix)
+        name=f"{name}-ingress", num_replicas=1, ray_actor_options={"num_cpus": 0}
+    )(cast("Any", ray_serve.ingress()(Ingress))).bind(worker, blocks, settings)
+    return cast("Any", ray_serve.run(ingress, name=name, route_prefix=route_prefix))

@@ -1,4 +1,4 @@
-"""`modblocks.ray.serve`: the served app on a local Ray Serve cluster, the pipeline on 2 replicas."""
+"""`modblocks.ray.serve`: the served app on a local Ray Serve cluster, 2 pipeline replicas."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 import torch
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'modblocks[ray-serve]'")
-ray_serve = pytest.importorskip("ray.serve", reason="Ray Serve is missing: pip install 'ray[serve]'")
+ray_serve = pytest.importorskip(
+    "ray.serve", reason="Ray Serve is missing: pip install 'ray[serve]'"
+)
 
 import modblocks.ray as mb_ray  # noqa: E402
 from modblocks.demo import load_pipeline  # noqa: E402
@@ -90,7 +92,9 @@ def test_the_api_page_errors_and_cancel_work_through_ray_serve(base_url):
         assert "Did you mean `digits`?" in bad.json()["detail"]
         failed = client.post("/runs?wait=true", json={"digits": "x", "num_inference_steps": 1})
         assert failed.json()["error"]["type"] == "BlockError"  # the replica's error, as it was
-        run_id = client.post("/runs", json={"digits": "7", "num_inference_steps": 1000}).json()["id"]
+        run_id = client.post("/runs", json={"digits": "7", "num_inference_steps": 1000}).json()[
+            "id"
+        ]
         deadline = time.monotonic() + 120
         while client.get(f"/runs/{run_id}").json()["progress"] is None:
             assert time.monotonic() < deadline, "the run never started"
@@ -104,4 +108,3 @@ def test_the_api_page_errors_and_cancel_work_through_ray_serve(base_url):
         # The replica is free again: a new run goes through.
         again = client.post("/runs?wait=true", json={"digits": "1", "num_inference_steps": 2})
         assert again.json()["status"] == "succeeded"
-

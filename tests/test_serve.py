@@ -23,10 +23,12 @@ from PIL import Image
 
 import modblocks as mb
 from modblocks.demo import load_pipeline
-from modblocks.serve import Limits, ServeOptions, create_app, load_pipeline as load_target
+from modblocks.serve import Limits, ServeOptions, create_app
+from modblocks.serve import load_pipeline as load_target
 from modblocks.serve._images import decode_image, preview, to_input
 from modblocks.serve._runs import MAX_MESSAGES
 
+TOKEN = "s3cret"  # noqa: S105 - the test server's token
 STEPS = 2  # denoising steps of most runs: enough for a loop, cheap on a loaded machine
 
 
@@ -131,7 +133,11 @@ def test_progress_events_name_steps_blocks_and_send_previews(client):
     assert [(s["index"], s["total"]) for s in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert steps[0]["path"] == "digits > denoise"
     blocks = [data["path"] for kind, data in events if kind == "block"]
-    assert blocks[:3] == ["digits > digit_labels", "digits > set_timesteps", "digits > prepare_latents"]
+    assert blocks[:3] == [
+        "digits > digit_labels",
+        "digits > set_timesteps",
+        "digits > prepare_latents",
+    ]
     previews = [data for kind, data in events if kind == "preview"]
     assert [p["index"] for p in previews] == [2, 4]
     picture = Image.open(io.BytesIO(base64.b64decode(previews[0]["png"])))
@@ -164,7 +170,10 @@ def test_the_cache_can_be_turned_off(pipe):
     ("body", "message"),
     [
         ({"digitz": "1"}, "`digits` has no input `digitz`. Did you mean `digits`?"),
-        ({"num_inference_steps": "many"}, "`num_inference_steps` (expected int, 1 <= value <= 1000)"),
+        (
+            {"num_inference_steps": "many"},
+            "`num_inference_steps` (expected int, 1 <= value <= 1000)",
+        ),
         ({"guidance_scale": -1}, "greater than or equal to 0"),
         ({"seed": -3}, "`seed` (expected an integer seed)"),
         ({"image": "not base64!"}, "`image`: not valid base64"),
@@ -303,7 +312,9 @@ def test_a_full_queue_answers_503(pipe):
         for run_id in (second, first):
             client.delete(f"/runs/{run_id}")
         assert _wait(client, first)["status"] == "cancelled"
-        assert client.post("/runs", json={"digits": "1", "num_inference_steps": 1}).status_code == 202
+        assert (
+            client.post("/runs", json={"digits": "1", "num_inference_steps": 1}).status_code == 202
+        )
 
 
 # -- cancellation -------------------------------------------------------------------------------
@@ -311,7 +322,9 @@ def test_a_full_queue_answers_503(pipe):
 
 def test_delete_cancels_a_running_run_between_steps(pipe):
     with TestClient(create_app(pipe, ServeOptions(cache=False))) as client:
-        run_id = client.post("/runs", json={"digits": "5", "num_inference_steps": 1000}).json()["id"]
+        run_id = client.post("/runs", json={"digits": "5", "num_inference_steps": 1000}).json()[
+            "id"
+        ]
         deadline = time.monotonic() + 120
         while client.get(f"/runs/{run_id}").json()["progress"] is None:
             assert time.monotonic() < deadline
@@ -338,13 +351,13 @@ def test_delete_cancels_a_queued_run_at_once(pipe):
 
 
 def test_a_token_guards_the_runs_but_not_the_page(pipe):
-    with TestClient(create_app(pipe, ServeOptions(token="s3cret"))) as client:
+    with TestClient(create_app(pipe, ServeOptions(token=TOKEN))) as client:
         inputs = {"digits": "1", "num_inference_steps": 1, "seed": 0}
         assert client.post("/runs", json=inputs).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert client.post("/runs", json=inputs, headers=wrong).status_code == 401
         assert client.get("/runs/x", headers=wrong).status_code == 401
-        right = {"Authorization": "Bearer s3cret"}
+        right = {"Authorization": f"Bearer {TOKEN}"}
         run = client.post("/runs?wait=true", json=inputs, headers=right)
         assert run.json()["status"] == "succeeded"
         assert client.get(f"/runs/{run.json()['id']}").status_code == 401
@@ -384,7 +397,7 @@ def test_load_pipeline_takes_a_pipeline_a_node_or_a_factory():
     assert digits.name == "digits"
     with pytest.raises(mb.ModblocksError, match="module:name"):
         load_target("modblocks.demo")
-    with pytest.raises(mb.ModblocksError, match="not an `mb.Pipeline`"):
+    with pytest.raises(mb.ModblocksError, match=r"not an `mb\.Pipeline`"):
         load_target("modblocks.demo:MODEL_PATH")
 
 

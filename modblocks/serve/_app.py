@@ -5,9 +5,16 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    MutableMapping,
+    Sequence,
+)
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -15,10 +22,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._cache import Cache
-from .._node import Node
-from .._pipeline import Pipeline
-from ..exceptions import ModblocksError
+from modblocks._cache import Cache
+from modblocks._node import Node
+from modblocks._pipeline import Pipeline
+from modblocks.exceptions import ModblocksError
+
 from ._fields import request_fields
 from ._mermaid import mermaid_js
 from ._page import render_page
@@ -63,7 +71,7 @@ class ServeOptions:
     outputs: Sequence[str] | None = None
     preview_value: str = "latents"
     preview_every: int = 5
-    limits: Limits = Limits()
+    limits: Limits = attrs.field(factory=Limits)
     title: str | None = None
 
 
@@ -152,7 +160,7 @@ def create_app(
     )
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncGenerator[None]:
         try:
             yield
         finally:
@@ -248,8 +256,11 @@ def create_app(
         response_class=StreamingResponse,
     )
     async def run_events(run_id: str) -> StreamingResponse:
-        """Server-sent events: ``block``, ``cached``, ``step``, ``preview``, ``status``, then
-        ``done`` with the run's record. Each event's data is JSON."""
+        """Stream the run's progress as server-sent events, JSON in each event's data.
+
+        Events: ``block``, ``cached``, ``step``, ``preview``, ``status``, then ``done`` with
+        the run's record.
+        """
         run = find(run_id)
 
         async def stream() -> AsyncIterator[str]:
@@ -346,4 +357,4 @@ async def _parse(request: Request, requests: Requests) -> tuple[dict[str, Any], 
     if not isinstance(body_json, dict):
         msg = f"the body must be a JSON object of inputs, not {type(body_json).__name__}"
         raise RequestError(msg)
-    return requests.parse(body_json)
+    return requests.parse(cast("dict[str, Any]", body_json))

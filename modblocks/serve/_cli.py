@@ -7,11 +7,13 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from .._node import Node
-from .._pipeline import Pipeline
-from ..exceptions import ModblocksError
+from modblocks._node import Node
+from modblocks._pipeline import Pipeline
+from modblocks.exceptions import ModblocksError
+
 from ._request import Limits
 
 __all__ = ["load_pipeline", "main"]
@@ -20,14 +22,18 @@ _MB = 2**20
 
 
 def load_pipeline(target: str) -> Pipeline:
-    """Load ``module:name`` (``name`` may be dotted): a `Pipeline`, a node, or a function of no
-    arguments that returns one of them."""
+    """Load the pipeline named ``module:name`` (``name`` may be dotted).
+
+    The object found may be a `Pipeline`, a node (served without components), or a function
+    of no arguments that returns one of them.
+    """
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         msg = f"give the pipeline as `module:name` (e.g. `myapp.pipelines:pipe`), not {target!r}."
         raise ModblocksError(msg)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` and uvicorn find the user's modules
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)  # as `python -m` and uvicorn find the user's modules
     value: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         value = getattr(value, part)
@@ -53,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     add("target", help="the pipeline as module:name, e.g. modblocks.demo:load_pipeline")
     add("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
     add("--port", type=int, default=8000, help="port (default: 8000)")
-    add("--token", default=os.environ.get("MODBLOCKS_TOKEN"), help="bearer token for /runs "
-        "(default: $MODBLOCKS_TOKEN; none: no auth)")
+    add(
+        "--token",
+        default=os.environ.get("MODBLOCKS_TOKEN"),
+        help="bearer token for /runs (default: $MODBLOCKS_TOKEN; none: no auth)",
+    )
     add("--concurrency", type=int, default=1, help="runs at once (default: 1)")
     add("--max-queue", type=int, default=64, help="runs waiting beyond those (default: 64)")
     add("--keep", type=int, default=256, help="finished runs kept for GET /runs/{id}")

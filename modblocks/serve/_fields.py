@@ -10,15 +10,14 @@ is an error when the app is made.
 from __future__ import annotations
 
 import types
-import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 import attrs
 
-from .._specs import NOTHING, InputSpec
-from .._typecheck import type_name
-from ..exceptions import ModblocksError
+from modblocks._specs import NOTHING, InputSpec
+from modblocks._typecheck import type_name
+from modblocks.exceptions import ModblocksError
 
 __all__ = ["Field", "FieldKind", "request_fields"]
 
@@ -224,7 +223,9 @@ def request_fields(inputs: Sequence[InputSpec], label: str) -> tuple[Field, ...]
             if _optional_inner(spec.type) not in (int, float):
                 low = high = None
             fields.append(
-                Field(spec.name, spec.name, "value", spec.type, default, spec.description, low, high)
+                Field(
+                    spec.name, spec.name, "value", spec.type, default, spec.description, low, high
+                )
             )
         elif spec.required:
             stuck.append(f"`{spec.name}` ({type_name(spec.type)})")
@@ -235,4 +236,3 @@ def request_fields(inputs: Sequence[InputSpec], label: str) -> tuple[Field, ...]
         )
         raise ModblocksError(msg)
     return tuple(fields)
-

@@ -8,7 +8,7 @@ import io
 import warnings
 from typing import TYPE_CHECKING, Any, Final
 
-from ..exceptions import ModblocksError
+from modblocks.exceptions import ModblocksError
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .._node import Node
+from modblocks._node import Node
+
 from ._fields import Field, _optional_inner
 
 __all__ = ["render_page"]
@@ -52,14 +53,18 @@ def _control(field: Field) -> str:
         return f"<select {_attrs(**common)}>{options}</select>"
     if field.number is not None:
         step = 1 if field.number is int else "any"
-        return "<input " + _attrs(
-            type="number",
-            step=step,
-            min=_number(field.minimum),
-            max=_number(field.maximum),
-            value=None if default is None else default,
-            **common,
-        ) + ">"
+        return (
+            "<input "
+            + _attrs(
+                type="number",
+                step=step,
+                min=_number(field.minimum),
+                max=_number(field.maximum),
+                value=None if default is None else default,
+                **common,
+            )
+            + ">"
+        )
     value = default if isinstance(default, str) else None
     if value is None and default is not None:
         value = json.dumps(default)

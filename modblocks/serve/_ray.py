@@ -16,10 +16,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from .._node import Node
-from .._pipeline import Pipeline
-from .._run import CancelToken
-from ..exceptions import CancelledError, ModblocksError
+from modblocks._node import Node
+from modblocks._pipeline import Pipeline
+from modblocks._run import CancelToken
+from modblocks.exceptions import CancelledError, ModblocksError
+
 from ._app import ServeOptions, create_app, local_runner
 from ._runs import Job, error_json
 
@@ -102,28 +103,34 @@ class RayRunner:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
+        last: dict[str, Any] = {"type": "error", "cancelled": False, "error": None}
         try:
             for message in stream:
-                if message["type"] == "result":
-                    result: dict[str, Any] = message["result"]
-                    return result
-                if message["type"] == "error":
-                    if message["cancelled"]:
-                        raise CancelledError(message["error"]["message"])
-                    raise RemoteRunError(message["error"]["message"], report=message["error"])
+                if message["type"] in ("result", "error"):
+                    last = message
+                    break
                 job.emit(message)
-        except CancelledError:
-            raise
-        except ModblocksError:
-            raise
         except Exception as exc:
-            if job.cancel.cancelled:
+            if job.cancel.cancelled:  # the request to the replica was cancelled
                 raise CancelledError(f"run {job.id} was cancelled") from exc
             raise
         finally:
             stop.set()
+        return _outcome(job, last)
+
+
+def _outcome(job: Job, last: dict[str, Any]) -> dict[str, Any]:
+    """The result in the replica's last message, or its error raised."""
+    if last["type"] == "result":
+        result: dict[str, Any] = last["result"]
+        return result
+    error = last["error"]
+    if error is None:
         msg = f"the replica ended run {job.id} without a result"
         raise RemoteRunError(msg)
+    if last["cancelled"]:
+        raise CancelledError(error["message"])
+    raise RemoteRunError(error["message"], report=error)
 
 
 class Ingress:
@@ -134,6 +141,6 @@ class Ingress:
         self.blocks = blocks
         self.options = options
 
-    def __serve_build_asgi_app__(self) -> Any:  # noqa: PLW3201 - Ray Serve's hook name
+    def __serve_build_asgi_app__(self) -> Any:
         """Called by Ray Serve in the replica: the app, its jobs run by the workers."""
         return create_app(self.blocks, self.options, runner=RayRunner(self.worker))

@@ -9,8 +9,9 @@ from typing import Any
 import attrs
 import pydantic
 
-from .._run import did_you_mean
-from ..exceptions import ModblocksError
+from modblocks._run import did_you_mean
+from modblocks.exceptions import ModblocksError
+
 from ._fields import Field
 from ._images import ImageError, decode_image, to_input
 
@@ -108,7 +109,7 @@ class Requests:
         for name, field in self.fields.items():
             value = getattr(checked, name)
             if field.kind == "seed":
-                seeds[field.input] = random.randrange(2**31) if value is None else int(value)
+                seeds[field.input] = random.randrange(2**31)  # noqa: S311 - a seed, not a secret if value is None else int(value)
             elif field.kind == "image":
                 data = files.get(name, value)
                 if data:
@@ -168,7 +169,7 @@ def _type_text(field: Field) -> str:
         return "an integer seed"
     if field.kind == "image":
         return "a base64 PNG"
-    from .._typecheck import type_name
+    from modblocks._typecheck import type_name
 
     text = type_name(field.annotation)
     if field.minimum is not None or field.maximum is not None:

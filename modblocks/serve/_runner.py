@@ -6,11 +6,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._events import Event
-from .._pipeline import Pipeline
-from .._run import Step
-from .._specs import OutputSpec
-from .._state import State
+from modblocks._events import Event
+from modblocks._pipeline import Pipeline
+from modblocks._run import Step
+from modblocks._specs import OutputSpec
+from modblocks._state import State
+
 from ._fields import _has_class, _is_json
 from ._images import encode_png, is_image, preview
 from ._runs import Job

@@ -25,14 +25,15 @@ from typing import Any, Final, Literal, Protocol, TypeAlias, cast
 
 import attrs
 
-from .._run import CancelToken
-from ..exceptions import CancelledError, ModblocksError
+from modblocks._run import CancelToken
+from modblocks.exceptions import CancelledError, ModblocksError
 
 __all__ = ["Job", "QueueFullError", "Run", "RunManager", "Runner", "Status"]
 
 Status: TypeAlias = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Message: TypeAlias = dict[str, Any]
-FINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
+STATUSES: Final[tuple[Status, ...]] = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL: Final = frozenset(STATUSES[2:])
 MAX_MESSAGES: Final = 256  # progress messages a run keeps for late subscribers
 
 
@@ -208,12 +209,9 @@ class RunManager:
         """Queue a run; raises `QueueFullError` when *max_queue* runs already wait."""
         token = CancelToken()
         run_id = uuid.uuid4().hex
-        holder: list[Run] = []
-        job = Job(
-            run_id, dict(inputs), dict(seeds or {}), preview_every, token, lambda m: holder[0].emit(m)
-        )
+        job = Job(run_id, dict(inputs), dict(seeds or {}), preview_every, token, _nobody)
         run = Run(job, time.time())
-        holder.append(run)
+        job.emit = run.emit
         with self._lock:
             if self._active >= self.concurrency + self.max_queue:
                 msg = (
@@ -248,7 +246,7 @@ class RunManager:
         with self._lock:
             runs = list(self._runs.values())
         counts = collections.Counter(r.status for r in runs)
-        return {status: counts.get(status, 0) for status in ("queued", "running", *sorted(FINAL))}
+        return {status: counts[status] for status in STATUSES}
 
     def close(self) -> None:
         """Cancel every run and stop the workers."""
@@ -292,6 +290,10 @@ class RunManager:
             self._finished.append(run.id)
             while len(self._finished) > self.keep:
                 self._runs.pop(self._finished.popleft(), None)
+
+
+def _nobody(message: Message) -> None:
+    del message  # replaced by the run's own `emit` as soon as the run exists
 
 
 def error_json(exc: BaseException) -> dict[str, Any]:
