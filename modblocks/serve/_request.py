@@ -109,7 +109,8 @@ class Requests:
         for name, field in self.fields.items():
             value = getattr(checked, name)
             if field.kind == "seed":
-                seeds[field.input] = random.randrange(2**31)  # noqa: S311 - a seed, not a secret if value is None else int(value)
+                drawn = random.randrange(2**31)  # noqa: S311 - a seed, not a secret
+                seeds[field.input] = drawn if value is None else int(value)
             elif field.kind == "image":
                 data = files.get(name, value)
                 if data:
