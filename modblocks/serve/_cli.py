@@ -12,6 +12,7 @@ from typing import Any
 
 from modblocks._node import Node
 from modblocks._pipeline import Pipeline
+from modblocks._progress import progress
 from modblocks.exceptions import ModblocksError
 
 from ._request import Limits
@@ -86,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._app import ServeOptions, create_app
 
     args = _parser().parse_args(argv)
+    progress(disable=True)  # a server reports steps in its events, not as bars in its log
     pipe = load_pipeline(args.target)
     options = ServeOptions(
         concurrency=args.concurrency,

@@ -18,6 +18,7 @@ from typing import Any
 
 from modblocks._node import Node
 from modblocks._pipeline import Pipeline
+from modblocks._progress import progress
 from modblocks._run import CancelToken
 from modblocks.exceptions import CancelledError, ModblocksError
 
@@ -42,6 +43,7 @@ class PipelineWorker:
     """
 
     def __init__(self, factory: Callable[[], Pipeline], options: ServeOptions) -> None:
+        progress(disable=True)  # steps go to the events, not as bars to the replica's log
         self.runner = local_runner(factory(), options)
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
