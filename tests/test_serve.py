@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 import torch
@@ -472,3 +474,37 @@ def test_load_200_requests_with_cancels_and_malformed_ones_lose_nothing(pipe):
         assert all(len(run._messages) <= MAX_MESSAGES for run in runs._runs.values())
     growth = (rss[-1] - rss[1]) / 2**20
     assert growth < 64, f"memory grew by {growth:.0f} MB over 100 requests: {rss}"
+
+
+def test_python_m_modblocks_serve_starts_a_server_on_localhost(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "modblocks.serve", "modblocks.demo:load_pipeline"]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [*command, "--port", str(port), "--token", TOKEN, "--log-level", "warning"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        assert health.json()["ok"] is True
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = {"digits": "9", "num_inference_steps": 1, "seed": 0}
+        run = httpx.post(f"{url}/runs?wait=true", json=body, headers=auth, timeout=120).json()
+        assert run["status"] == "succeeded"
+        assert httpx.post(f"{url}/runs", json=body, timeout=30).status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
