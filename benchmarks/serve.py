@@ -5,7 +5,8 @@ Each row starts one server in this process (uvicorn on 127.0.0.1, a free port), 
 client threads send ``POST /runs?wait=true`` over HTTP, each its share of the requests,
 every request with its own seed (the cache is off, so every request runs). Reported: the
 requests per second over the whole burst, and the median and 95th percentile of the latency
-each client saw (queueing included). Rows:
+each client saw (queueing included). PyTorch uses one thread (``--torch-threads``), so that N
+runs at once use N cores. Rows:
 
 * **digits, modblocks**: the demo's class-conditional digits model (`modblocks.demo`),
   ``--concurrency`` runs at once (worker threads sharing one `mb.Pipeline`), and the same
@@ -156,7 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
-    parser.add_argument("--requests", type=int, help="requests per row (default 48, quick 16)")
+    parser.add_argument("--requests", type=int, help="requests per row (default 32, quick 16)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="PyTorch threads (default 1: a core per run)"
+    )
     parser.add_argument("--steps", type=int, help="denoising steps (default 20, quick 10)")
     parser.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
     parser.add_argument(
@@ -166,7 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batching == "on":
         print("step-level batching is not built yet (issue #19, item 3): run with --batching off")
         return 2
-    count = args.requests or (16 if args.quick else 48)
+    count = args.requests or (16 if args.quick else 32)
+    # One PyTorch thread by default: N runs at once use N cores, one at a time uses one (small
+    # models gain little from threads inside an op, and lose much when the cores are shared).
+    torch.set_num_threads(args.torch_threads)
     steps = args.steps or (10 if args.quick else 20)
     mb.progress(disable=True)
     digits = load_pipeline()
