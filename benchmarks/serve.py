@@ -1,9 +1,11 @@
 # pyright: reportUnknownVariableType=false, reportUnknownArgumentType=false
 """`modblocks serve` under 8 concurrent clients: throughput and latency, against diffusers.
 
-Each row starts one server in this process (uvicorn on 127.0.0.1, a free port), then 8
-client threads send ``POST /runs?wait=true`` over HTTP, each its share of the requests,
-every request with its own seed (the cache is off, so every request runs). Reported: the
+Each row is one server in this process (uvicorn on 127.0.0.1, a free port), all started
+first; then 8 client threads send ``POST /runs?wait=true`` over HTTP, each its share of the
+requests, every request with its own seed (the cache is off, so every request runs). Each
+row's requests go in ``--rounds`` bursts, the rows taking turns, so that a shared machine's
+background load falls on all rows alike. Reported: the
 requests per second over the whole burst, and the median and 95th percentile of the latency
 each client saw (queueing included). PyTorch uses one thread (``--torch-threads``), so that N
 runs at once use N cores. Rows:
@@ -36,7 +38,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,8 +111,8 @@ def _server(app: Any) -> Generator[str]:
         thread.join()
 
 
-def _burst(url: str, bodies: Sequence[dict[str, Any]]) -> tuple[float, list[float]]:
-    """Send *bodies* from `CLIENTS` threads; return requests/s and each request's latency."""
+def _burst(url: str, bodies: Sequence[dict[str, Any]]) -> list[float]:
+    """Send *bodies* from `CLIENTS` threads at once; return each request's latency."""
     shares = [bodies[i::CLIENTS] for i in range(CLIENTS)]
 
     def client(share: Sequence[dict[str, Any]]) -> list[float]:
@@ -126,24 +128,43 @@ def _burst(url: str, bodies: Sequence[dict[str, Any]]) -> tuple[float, list[floa
                     raise RuntimeError(msg)
         return latencies
 
-    began = time.perf_counter()
     with ThreadPoolExecutor(CLIENTS) as pool:
-        latencies = [x for share in pool.map(client, shares) for x in share]
-    return len(bodies) / (time.perf_counter() - began), latencies
+        return [x for share in pool.map(client, shares) for x in share]
 
 
-def _row(name: str, app: Any, bodies: Sequence[dict[str, Any]]) -> list[object]:
-    with _server(app) as url:
-        _burst(url, bodies[:2])  # warm up: first calls, lazy imports
-        rate, latencies = _burst(url, bodies)
-    p95 = statistics.quantiles(latencies, n=20)[-1]
-    return [
-        name,
-        len(bodies),
-        _harness.fmt(rate),
-        _harness.fmt(statistics.median(latencies)),
-        _harness.fmt(p95),
+def _table(rows: Sequence[tuple[str, Any, Sequence[dict[str, Any]]]], rounds: int) -> str:
+    """Serve every row at once; send each row's requests in *rounds* bursts, rows interleaved.
+
+    The rows take turns, in an order rotated every round, so that the background load of a
+    shared machine falls on all of them alike rather than on whichever ran last.
+    """
+    spent = [0.0] * len(rows)
+    latencies: list[list[float]] = [[] for _ in rows]
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(_server(app)) for _, app, _ in rows]
+        for url, (_, _, bodies) in zip(urls, rows, strict=True):
+            _burst(url, bodies[:2])  # warm up: first calls, lazy imports
+        for round_ in range(rounds):
+            order = list(range(len(rows)))
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
+            for index in order:
+                bodies = rows[index][2][round_::rounds]
+                began = time.perf_counter()
+                latencies[index] += _burst(urls[index], bodies)
+                spent[index] += time.perf_counter() - began
+    table = [
+        [
+            name,
+            len(bodies),
+            _harness.fmt(len(bodies) / spent[index]),
+            _harness.fmt(statistics.median(latencies[index])),
+            _harness.fmt(statistics.quantiles(latencies[index], n=20)[-1]),
+        ]
+        for index, (name, _, bodies) in enumerate(rows)
     ]
+    return _harness.markdown_table(
+        ["server", "requests", "requests/s", "p50 latency s", "p95 latency s"], table
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, help="denoising steps (default 20, quick 10)")
     parser.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="bursts per row, interleaved")
     parser.add_argument(
         "--batching", choices=("off", "on"), default="off", help="step-level batching"
     )
@@ -188,18 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     parallel = ServeOptions(concurrency=args.concurrency, cache=False, max_queue=count)
     serial = ServeOptions(concurrency=1, cache=False, max_queue=count)
-    rows: list[Callable[[], list[object]]] = [
-        lambda: _row(
+    rows = [
+        (
             f"digits, modblocks, {args.concurrency} at once",
             create_app(digits, parallel),
             digit_bodies,
         ),
-        lambda: _row("digits, modblocks, 1 at a time", create_app(digits, serial), digit_bodies),
-        lambda: _row(
-            f"tiny SD, modblocks, {args.concurrency} at once", create_app(sd, parallel), sd_bodies
-        ),
-        lambda: _row("tiny SD, modblocks, 1 at a time", create_app(sd, serial), sd_bodies),
-        lambda: _row(
+        ("digits, modblocks, 1 at a time", create_app(digits, serial), digit_bodies),
+        (f"tiny SD, modblocks, {args.concurrency} at once", create_app(sd, parallel), sd_bodies),
+        ("tiny SD, modblocks, 1 at a time", create_app(sd, serial), sd_bodies),
+        (
             "tiny SD, diffusers, 1 at a time",
             create_app(text2img, serial, runner=DiffusersRunner(components)),
             sd_bodies,
@@ -207,15 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     _harness.emit(_harness.environment(["modblocks", "torch", "diffusers", "fastapi", "uvicorn"]))
     _harness.emit(
-        f"{CLIENTS} concurrent clients, {count} requests per row, {steps} steps, cache off, "
+        f"{CLIENTS} concurrent clients, {count} requests per row in {args.rounds} interleaved "
+        f"bursts, {steps} steps, cache off, "
         f"batching {args.batching}; torch threads: {torch.get_num_threads()}.\n"
     )
-    table = [row() for row in rows]
-    _harness.emit(
-        _harness.markdown_table(
-            ["server", "requests", "requests/s", "p50 latency s", "p95 latency s"], table
-        )
-    )
+    _harness.emit(_table(rows, args.rounds))
     return 0
 
 
