@@ -147,7 +147,11 @@ def test_the_page_runs_the_digits_pipeline_with_previews_cancels_and_uploads(
         # A long run, cancelled from the page once it has started stepping.
         _fill(tools, digits="0", num_inference_steps=1000, preview_every=0)
         tools.evaluate("document.getElementById('run').click()")
-        _until(tools, "document.getElementById('progress').value >= 1")
+        _until(
+            tools,
+            "!document.getElementById('cancel').disabled"
+            " && document.getElementById('progress').value >= 1",
+        )
         tools.evaluate("document.getElementById('cancel').click()")
         _until(tools, "document.getElementById('status').dataset.status === 'cancelled'")
         assert tools.evaluate("document.getElementById('progress').value") < 1000

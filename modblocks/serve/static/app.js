@@ -39,6 +39,11 @@ function summary(data) {
 async function start(event) {
   event.preventDefault();
   showError("");
+  // A new run starts from nothing: the last one's progress and id no longer apply.
+  current = null;
+  cancelButton.disabled = true;
+  progress.value = 0;
+  progress.max = 1;
   const data = new FormData(form);
   for (const [name, value] of [...data.entries()]) {
     if (value instanceof File && value.size === 0) data.delete(name);
