@@ -14,8 +14,11 @@ run without ``MALLOC_TRIM_THRESHOLD_`` (see `docs/scale.md`). What is timed is t
 state: each executor first runs a warm-up map (which starts its workers and sends them the
 pipeline once), then timed maps, 1 and 2 workers in alternation; the speed-up is the median
 of the per-round ratios. Ray Data builds a new actor pool for each dataset, so for Ray the
-dataset starts with two warm-up batches per actor and the clock runs from their last row to
-the last row. The start-up column is the time to the first result. The *ceiling* rows show what the
+dataset starts with a warm-up batch per actor (and at least 4 batches per actor to time),
+and each item notes when it finished in its actor: the rate is the items finished between the moment every actor was warm and the
+moment the first actor ran out of work, over that span (the driver sees results in bursts,
+so its clock would count work done before the span). The start-up column is the time to the
+first result. The *ceiling* rows show what the
 machine gives: a process pool whose one task per worker calls the pipeline in a plain loop.
 
 Table 2 is the framework's cost per item, on a pipeline of one trivial block
@@ -45,7 +48,7 @@ import warnings
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import torch
 
@@ -226,30 +229,67 @@ class _Engine:
         return items / (time.perf_counter() - began)
 
 
+class Stamp(NamedTuple):
+    done_at: float
+    worker: int
+
+
+@mb.block
+def stamp(images: torch.Tensor) -> Stamp:
+    """When and in which process an item finished: the Ray rows are timed by these."""
+    del images  # read only so that the stamp comes after the image
+    return Stamp(time.time(), os.getpid())
+
+
+def stamped_pipeline() -> mb.Pipeline:
+    return mb.Pipeline(render >> stamp, components={"net": TinyNet().eval()})
+
+
 def _ray_run(workers: int, items: int) -> tuple[float, float]:
-    """Run *items* after two warm-up batches per actor; time from their end to the last."""
+    """Run *items* after a warm-up batch per actor; return start-up s and items/s.
+
+    Items/s counts the items the actors finished while every actor was past its warm-up and
+    still busy, over that span, by the time each item finished in its actor. The driver's
+    clock can't tell: Ray Data hands results over in bursts (the last blocks of a dataset
+    arrive within milliseconds of each other, computed long before), so rows counted
+    from the arrival of the warm-up's last block include work done before it, which made 2
+    actors look 13 times as fast as one on 2 cores.
+    """
     import ray
 
     import modblocks.ray
 
-    warm_up = 2 * workers * PER_TASK
+    warm_up = PER_TASK
+    # Enough items that every actor works well past its warm-up (a quick run has few), in
+    # blocks of one batch, which Ray Data hands to whichever actor is free.
+    total = warm_up * workers + max(items, 4 * PER_TASK * workers)
     began = time.perf_counter()
-    dataset = ray.data.from_items(_seeds(warm_up + items))
+    dataset = ray.data.from_items(_seeds(total), override_num_blocks=total // PER_TASK)
     out = modblocks.ray.map_batches(
-        dataset, cpu_pipeline(), output="images", batch_size=PER_TASK, concurrency=workers
+        dataset,
+        stamped_pipeline(),
+        output=["done_at", "worker"],
+        batch_size=PER_TASK,
+        concurrency=workers,
     )
+    first = 0.0
+    finished: dict[int, list[float]] = {}
     # Whole blocks of results, as a job writing them out would take them: iterating row by
-    # row would spend the driver's CPU, which the two actors need on two cores.
-    first = timed = last = 0.0
-    rows = rows_at_timed = 0
+    # row would spend the driver's CPU, which the actors need on two cores.
     for block in out.iter_batches(batch_size=None, batch_format="numpy"):
-        last = time.perf_counter()
-        if rows == 0:
-            first = last
-        rows += len(block["images"])
-        if rows <= warm_up:
-            timed, rows_at_timed = last, rows
-    return first - began, (rows - rows_at_timed) / (last - timed)
+        if not first:
+            first = time.perf_counter()
+        for done_at, worker in zip(block["done_at"], block["worker"], strict=True):
+            finished.setdefault(int(worker), []).append(float(done_at))
+    times = [sorted(t) for t in finished.values()]
+    start = max(t[min(warm_up, len(t)) - 1] for t in times)  # every actor warmed up
+    end = min(t[-1] for t in times)  # every actor still had work until then
+    if len(times) < workers or end <= start:
+        counts = [len(t) for t in times]
+        msg = f"the Ray actors' work did not overlap past their warm-up (items each: {counts})"
+        raise RuntimeError(msg)
+    done = sum(start < x <= end for t in times for x in t)
+    return first - began, done / (end - start)
 
 
 def _engine_available(engine: str) -> str | None:

@@ -33,7 +33,60 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
     from ray.data import Dataset
 
-__all__ = ["PipelineActor", "map_batches", "pipeline_factory"]
+__all__ = ["PipelineActor", "RayMapError", "map_batches", "pipeline_factory", "serve"]
+
+
+class RayMapError(MapError):
+    """The `MapError` of rows that failed in a `PipelineActor`.
+
+    Ray re-raises an actor's error as an instance of a class derived from both its
+    ``RayTaskError`` and the error's own class, so ``except mb.MapError`` catches it; that
+    instance keeps the original in ``.cause``, and these properties read the fields from it
+    (the class defaults of `MapError` would hide them otherwise).
+    """
+
+    @property
+    def results(self) -> Sequence[Any]:
+        """One entry per row of the batch: its result, or `MapError.FAILED`."""
+        return cast("Sequence[Any]", _field(self, "results"))
+
+    @results.setter
+    def results(  # pyright: ignore[reportIncompatibleVariableOverride] - a property over a field
+        self, value: Sequence[Any]
+    ) -> None:
+        self.__dict__["results"] = value
+
+    @property
+    def failures(self) -> Mapping[int, BaseException]:
+        """The error of each failed row, by its index in the batch."""
+        return cast("Mapping[int, BaseException]", _field(self, "failures"))
+
+    @failures.setter
+    def failures(  # pyright: ignore[reportIncompatibleVariableOverride] - a property over a field
+        self, value: Mapping[int, BaseException]
+    ) -> None:
+        self.__dict__["failures"] = value
+
+    @property
+    def inputs(self) -> Mapping[int, Any]:
+        """The inputs of each failed row, by index."""
+        return cast("Mapping[int, Any]", _field(self, "inputs"))
+
+    @inputs.setter
+    def inputs(  # pyright: ignore[reportIncompatibleVariableOverride] - a property over a field
+        self, value: Mapping[int, Any]
+    ) -> None:
+        self.__dict__["inputs"] = value
+
+
+def _field(error: BaseException, name: str) -> Any:
+    values = error.__dict__
+    if name in values:
+        return values[name]
+    cause = values.get("cause")  # Ray's wrapper: the original error
+    if isinstance(cause, MapError):
+        return getattr(cause, name)
+    return getattr(MapError, name)
 
 
 def _load(payload: bytes) -> Pipeline:
@@ -96,8 +149,13 @@ class PipelineActor:
         try:
             results = _collect(items, outcomes, [], ordered=True)
         except MapError as error:
-            error.add_note("modblocks.ray: in a batch of rows (indices count from its first row).")
-            raise
+            ray_error = RayMapError(
+                str(error), results=error.results, failures=error.failures, inputs=error.inputs
+            )
+            ray_error.add_note(
+                "modblocks.ray: in a batch of rows (indices count from its first row)."
+            )
+            raise ray_error from error.__cause__
         out = dict(rows)
         if isinstance(self.output, str):
             out[self.output] = _column(results)
@@ -137,7 +195,10 @@ def map_batches(
         The lazily computed dataset with the output column(s).
 
     Raises:
-        MapError: (when the dataset is computed) rows failed; Ray wraps it in its task error.
+        MapError: (when the dataset is computed) rows failed: a `RayMapError`, which Ray
+            raises as its task error derived from it (``err.failures`` and ``err.inputs``
+            are those of the failed batch). The dataset's `DataContext` is set to raise the
+            original errors of maps (``raise_original_map_exception``) for that.
     """
     from ray.data import ActorPoolStrategy
 
@@ -146,7 +207,7 @@ def map_batches(
         pool = ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
     else:
         pool = ActorPoolStrategy(size=concurrency)
-    return dataset.map_batches(
+    mapped = dataset.map_batches(
         PipelineActor,
         batch_size=batch_size,
         batch_format="numpy",
@@ -154,6 +215,11 @@ def map_batches(
         compute=pool,
         **options,
     )
+    # Ray Data wraps an error of a map in its UserCodeException, and the MapError inside is
+    # lost on the way back (an exception's cause does not pickle): ask for the original, so
+    # that consuming the dataset raises a MapError the caller can catch.
+    mapped.context.raise_original_map_exception = True
+    return mapped
 
 
 def _python(value: Any) -> Any:
@@ -182,3 +248,66 @@ def _column(values: list[Any]) -> NDArray[Any]:
     for index, value in enumerate(values):
         column[index] = value
     return column
+
+
+def serve(
+    pipeline: Pipeline | Callable[[], Pipeline],
+    *,
+    num_replicas: int = 1,
+    options: Any = None,
+    name: str = "modblocks",
+    route_prefix: str = "/",
+    ray_actor_options: Mapping[str, Any] | None = None,
+    blocks: Any = None,
+) -> Any:
+    """Deploy the app of `modblocks.serve` on Ray Serve, the pipeline on *num_replicas* replicas.
+
+    One ingress replica holds the HTTP API, the page and the queue of runs (so a run's id
+    is found by every request that follows it); it hands each run to one of *num_replicas*
+    replicas that each hold the pipeline, and relays the progress they stream back.
+    Install with ``pip install "modblocks[ray-serve]"``; start Ray Serve first if its HTTP
+    address matters (``serve.start(http_options={"host": "127.0.0.1", "port": 8000})``).
+
+    Args:
+        pipeline: a `Pipeline` (its components are pickled and sent to each replica once),
+            or a picklable function of no arguments that builds one in each replica.
+        num_replicas: replicas holding the pipeline.
+        options: a `modblocks.serve.ServeOptions` (limits, token, cache, concurrency: the
+            runs at once across all replicas; by default one per replica).
+        name: the Ray Serve application's name.
+        route_prefix: where the app is served on Ray Serve's HTTP proxy.
+        ray_actor_options: for each pipeline replica (default ``{"num_cpus": 1}``; add
+            ``"num_gpus": 1`` for a GPU each).
+        blocks: the pipeline's node, when *pipeline* is a factory (the ingress needs the
+            signatures, not the models); read from the pipeline otherwise.
+
+    Returns:
+        The Ray Serve handle of the ingress deployment.
+    """
+    import attrs
+    from ray import serve as ray_serve
+
+    from .serve import ServeOptions
+    from .serve._ray import Ingress, PipelineWorker
+
+    if isinstance(pipeline, Pipeline):
+        blocks = pipeline.blocks
+        factory = pipeline_factory(pipeline)
+    else:
+        factory = pipeline
+        if blocks is None:
+            msg = "with a pipeline factory, pass `blocks=` (the node) for the request model."
+            raise ModblocksError(msg)
+    settings = options if options is not None else ServeOptions(concurrency=num_replicas)
+    if options is None or options.concurrency < num_replicas:
+        settings = attrs.evolve(settings, concurrency=max(settings.concurrency, num_replicas))
+    worker = ray_serve.deployment(
+        name=f"{name}-pipeline",
+        num_replicas=num_replicas,
+        ray_actor_options=dict(ray_actor_options or {"num_cpus": 1}),
+        max_ongoing_requests=-(-settings.concurrency // num_replicas),  # runs per replica
+    )(PipelineWorker).bind(factory, settings)
+    ingress = ray_serve.deployment(
+        name=f"{name}-ingress", num_replicas=1, ray_actor_options={"num_cpus": 0}
+    )(cast("Any", ray_serve.ingress()(Ingress))).bind(worker, blocks, settings)
+    return cast("Any", ray_serve.run(ingress, name=name, route_prefix=route_prefix))

@@ -6,7 +6,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["torch", "tqdm", "diffusers", "transformers", "numpy"])
+@pytest.mark.parametrize(
+    "module", ["torch", "tqdm", "diffusers", "transformers", "numpy", "fastapi", "ray"]
+)
 def test_import_modblocks_does_not_import(module):
     code = f"import modblocks, sys; assert {module!r} not in sys.modules, 'imported {module}'"
     result = subprocess.run(  # noqa: S603 - our own interpreter and code

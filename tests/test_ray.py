@@ -87,10 +87,14 @@ def test_map_batches_builds_the_pipeline_from_a_factory_and_reports_failed_rows(
     dataset = ray.data.from_items([{"prompt": "a"}, {"prompt": "boom"}])
     factory = _factory  # built in each actor: nothing but this reference is sent
     out = mb_ray.map_batches(dataset, factory, batch_size=2)
-    with pytest.raises(Exception, match=r"1 of 2 items failed") as info:
+    with pytest.raises(MapError, match=r"1 of 2 items failed") as info:
         out.take_all()
     assert "item 1 (prompt='boom')" in str(info.value)
-    assert isinstance(info.value, MapError) or "MapError" in str(info.value)
+    # The fields of the failed batch come through Ray's wrapping, not only its text.
+    assert info.value.inputs == {1: {"prompt": "boom"}}
+    assert info.value.results[0] == ["A?"]
+    assert info.value.results[1] is MapError.FAILED
+    assert isinstance(info.value.failures[1], mb.BlockError)
 
 
 def _factory() -> mb.Pipeline:

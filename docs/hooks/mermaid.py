@@ -2,9 +2,9 @@
 
 mkdocs-material draws ```` ```mermaid ```` fences in the browser with the `mermaid` library,
 which it loads from unpkg.com unless the page already has it. This hook gives every built
-site its own copy, `javascripts/mermaid.min.js` (3.5 MB, too big to keep in the repository):
-a pinned release, fetched once from the npm registry with `npm pack`, checked against the
-registry's sha512, and cached in ``~/.cache/modblocks-docs``.
+site its own copy, `javascripts/mermaid.min.js`, found or fetched by
+``modblocks/serve/_mermaid.py`` (which the served page uses too): a pinned release from the
+npm registry, checked against its sha512 and cached in ``~/.cache/modblocks-docs``.
 
 ``MODBLOCKS_MERMAID_JS=/path/to/mermaid.min.js`` uses that file instead. Without npm or the
 registry the site still builds (with a note in the log), and material falls back to its CDN.
@@ -12,79 +12,36 @@ registry the site still builds (with a note in the log), and material falls back
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import logging
-import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from mkdocs.structure.files import File, Files
 
-MERMAID_VERSION = "11.17.2"  # the release unpkg's `mermaid@11` (material's default) served
-INTEGRITY = (  # npm's `dist.integrity` of that release
-    "sha512-V6K3C8EBdEsPFZXSKMJe6ppQOENxuHARr9GvHX4hh47lAbhMRD9qf4oEK7LoaRQxULMa80/"
-    "qt5gHO73aCleBBg=="
-)
 SITE_PATH = "javascripts/mermaid.min.js"
 
-log = logging.getLogger("mkdocs.hooks.mermaid")
-_found: dict[str, Path | None] = {}
+
+def _load() -> ModuleType:
+    # By path: importing `modblocks.serve` would need the serve extra (FastAPI).
+    path = Path(__file__).resolve().parents[2] / "modblocks" / "serve" / "_mermaid.py"
+    spec = importlib.util.spec_from_file_location("_modblocks_mermaid", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "modblocks-docs"
-
-
-def _fetch(target: Path) -> None:
-    """Download the pinned tarball with npm, check it, and extract ``dist/mermaid.min.js``."""
-    npm = shutil.which("npm")
-    if npm is None:
-        msg = "npm is not installed"
-        raise OSError(msg)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(  # noqa: S603 - a fixed command line
-            [npm, "pack", f"mermaid@{MERMAID_VERSION}", "--pack-destination", tmp, "--silent"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        tarball = (Path(tmp) / f"mermaid-{MERMAID_VERSION}.tgz").read_bytes()
-    digest = "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode()
-    if digest != INTEGRITY:
-        msg = f"mermaid@{MERMAID_VERSION} from npm has digest {digest}, expected {INTEGRITY}"
-        raise OSError(msg)
-    with tarfile.open(fileobj=io.BytesIO(tarball)) as archive:
-        member = archive.extractfile("package/dist/mermaid.min.js")
-        if member is None:
-            msg = "the mermaid package has no dist/mermaid.min.js"
-            raise OSError(msg)
-        data = member.read()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    partial.write_bytes(data)
-    partial.replace(target)  # atomic: a concurrent build never reads half a file
+_mermaid = _load()
 
 
 def mermaid_js() -> Path | None:
     """Return the local mermaid.min.js, fetching it the first time; None when unavailable."""
-    if "path" in _found:
-        return _found["path"]
-    override = os.environ.get("MODBLOCKS_MERMAID_JS")
-    path = Path(override) if override else _cache_dir() / f"mermaid-{MERMAID_VERSION}.min.js"
-    if not path.is_file() and not override:
-        try:
-            _fetch(path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.info("mermaid is not bundled (%s): diagrams will load it from a CDN.", exc)
-    _found["path"] = path if path.is_file() else None
-    return _found["path"]
+    path: Path | None = _mermaid.mermaid_js()
+    return path
 
 
 def on_config(config: Any) -> Any:

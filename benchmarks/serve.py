@@ -1,0 +1,240 @@
+# pyright: reportUnknownVariableType=false, reportUnknownArgumentType=false
+"""`modblocks serve` under 8 concurrent clients: throughput and latency, against diffusers.
+
+Each row is one server in this process (uvicorn on 127.0.0.1, a free port), all started
+first; then 8 client threads send ``POST /runs?wait=true`` over HTTP, each its share of the
+requests, every request with its own seed (the cache is off, so every request runs). Each
+row's requests go in ``--rounds`` bursts, the rows taking turns, so that a shared machine's
+background load falls on all rows alike. Reported: the
+requests per second over the whole burst, and the median and 95th percentile of the latency
+each client saw (queueing included). PyTorch uses one thread (``--torch-threads``), so that N
+runs at once use N cores. Rows:
+
+* **digits, modblocks**: the demo's class-conditional digits model (`modblocks.demo`),
+  ``--concurrency`` runs at once (worker threads sharing one `mb.Pipeline`), and the same
+  server with one run at a time;
+* **tiny SD, modblocks**: ``modblocks.diffusion.text2img`` on tiny random-weight
+  components (`tiny_sd_components`), the same two ways;
+* **tiny SD, diffusers**: diffusers' `StableDiffusionPipeline` on the same components behind
+  the same endpoint (the same app and request model, its runner calling diffusers), one
+  request at a time, since a diffusers pipeline must not be shared between threads.
+
+``--batching on`` is the switch for step-level batching (concurrent requests joining one
+batched denoising step), which is not built yet: the script says so and stops.
+
+Run it from the repository root::
+
+    python benchmarks/serve.py            # about two minutes on 2 cores
+    python benchmarks/serve.py --quick    # smoke run, numbers are noisy
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import torch
+import uvicorn
+
+import modblocks as mb
+from modblocks.demo import load_pipeline
+from modblocks.diffusion import text2img
+from modblocks.diffusion.testing import tiny_sd_components
+from modblocks.serve import Job, ServeOptions, create_app
+from modblocks.serve._runner import encode_value, with_generators
+
+if TYPE_CHECKING:
+    from benchmarks import _harness
+else:
+    try:  # run as `python benchmarks/serve.py`, or imported as `benchmarks.serve`
+        from benchmarks import _harness
+    except ImportError:  # pragma: no cover - depends on how the script is started
+        import _harness
+
+CLIENTS = 8
+
+
+class DiffusersRunner:
+    """Runs jobs on a diffusers `StableDiffusionPipeline`, one at a time (not thread-safe)."""
+
+    def __init__(self, components: dict[str, Any]) -> None:
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+            StableDiffusionPipeline,
+        )
+
+        classic: Any = StableDiffusionPipeline  # diffusers' pipelines are not typed
+        self.pipe = classic(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        self.lock = threading.Lock()
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        def on_step(pipe: Any, index: int, _t: Any, values: dict[str, Any]) -> dict[str, Any]:
+            job.emit({"type": "step", "index": index + 1, "total": pipe.num_timesteps, "path": ""})
+            if job.cancel.cancelled:
+                pipe._interrupt = True
+            return values
+
+        with self.lock, torch.inference_mode():
+            images = self.pipe(
+                **with_generators(job.inputs, job.seeds), callback_on_step_end=on_step
+            ).images
+        return {"outputs": {"images": encode_value(images)}, "seeds": job.seeds, "cached": []}
+
+
+@contextlib.contextmanager
+def _server(app: Any) -> Generator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def _burst(url: str, bodies: Sequence[dict[str, Any]]) -> list[float]:
+    """Send *bodies* from `CLIENTS` threads at once; return each request's latency."""
+    shares = [bodies[i::CLIENTS] for i in range(CLIENTS)]
+
+    def client(share: Sequence[dict[str, Any]]) -> list[float]:
+        latencies: list[float] = []
+        with httpx.Client(base_url=url, timeout=600) as http:
+            for body in share:
+                began = time.perf_counter()
+                response = http.post("/runs?wait=true", json=body)
+                latencies.append(time.perf_counter() - began)
+                record = response.json()
+                if record.get("status") != "succeeded":
+                    msg = f"a run did not succeed: {record}"
+                    raise RuntimeError(msg)
+        return latencies
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        return [x for share in pool.map(client, shares) for x in share]
+
+
+def _table(rows: Sequence[tuple[str, Any, Sequence[dict[str, Any]]]], rounds: int) -> str:
+    """Serve every row at once; send each row's requests in *rounds* bursts, rows interleaved.
+
+    The rows take turns, in an order rotated every round, so that the background load of a
+    shared machine falls on all of them alike rather than on whichever ran last.
+    """
+    spent = [0.0] * len(rows)
+    latencies: list[list[float]] = [[] for _ in rows]
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(_server(app)) for _, app, _ in rows]
+        for url, (_, _, bodies) in zip(urls, rows, strict=True):
+            _burst(url, bodies[:2])  # warm up: first calls, lazy imports
+        for round_ in range(rounds):
+            order = list(range(len(rows)))
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
+            for index in order:
+                bodies = rows[index][2][round_::rounds]
+                began = time.perf_counter()
+                latencies[index] += _burst(urls[index], bodies)
+                spent[index] += time.perf_counter() - began
+    table = [
+        [
+            name,
+            len(bodies),
+            _harness.fmt(len(bodies) / spent[index]),
+            _harness.fmt(statistics.median(latencies[index])),
+            _harness.fmt(statistics.quantiles(latencies[index], n=20)[-1]),
+        ]
+        for index, (name, _, bodies) in enumerate(rows)
+    ]
+    return _harness.markdown_table(
+        ["server", "requests", "requests/s", "p50 latency s", "p95 latency s"], table
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its table.
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit status.
+    """
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
+    parser.add_argument("--requests", type=int, help="requests per row (default 32, quick 16)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="PyTorch threads (default 1: a core per run)"
+    )
+    parser.add_argument("--steps", type=int, help="denoising steps (default 20, quick 10)")
+    parser.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="bursts per row, interleaved")
+    parser.add_argument(
+        "--batching", choices=("off", "on"), default="off", help="step-level batching"
+    )
+    args = parser.parse_args(argv)
+    if args.batching == "on":
+        print("step-level batching is not built yet (issue #19, item 3): run with --batching off")
+        return 2
+    count = args.requests or (16 if args.quick else 32)
+    # One PyTorch thread by default: N runs at once use N cores, one at a time uses one (small
+    # models gain little from threads inside an op, and lose much when the cores are shared).
+    torch.set_num_threads(args.torch_threads)
+    steps = args.steps or (10 if args.quick else 20)
+    mb.progress(disable=True)
+    digits = load_pipeline()
+    components = tiny_sd_components()
+    sd = mb.Pipeline(text2img, components=components)
+    digit_bodies = [
+        {"digits": str(i % 10), "num_inference_steps": steps, "seed": i} for i in range(count)
+    ]
+    sd_bodies = [
+        {"prompt": f"a photo of a cat, {i}", "num_inference_steps": steps, "seed": i}
+        for i in range(count)
+    ]
+    parallel = ServeOptions(concurrency=args.concurrency, cache=False, max_queue=count)
+    serial = ServeOptions(concurrency=1, cache=False, max_queue=count)
+    rows = [
+        (
+            f"digits, modblocks, {args.concurrency} at once",
+            create_app(digits, parallel),
+            digit_bodies,
+        ),
+        ("digits, modblocks, 1 at a time", create_app(digits, serial), digit_bodies),
+        (f"tiny SD, modblocks, {args.concurrency} at once", create_app(sd, parallel), sd_bodies),
+        ("tiny SD, modblocks, 1 at a time", create_app(sd, serial), sd_bodies),
+        (
+            "tiny SD, diffusers, 1 at a time",
+            create_app(text2img, serial, runner=DiffusersRunner(components)),
+            sd_bodies,
+        ),
+    ]
+    _harness.emit(_harness.environment(["modblocks", "torch", "diffusers", "fastapi", "uvicorn"]))
+    _harness.emit(
+        f"{CLIENTS} concurrent clients, {count} requests per row in {args.rounds} interleaved "
+        f"bursts, {steps} steps, cache off, "
+        f"batching {args.batching}; torch threads: {torch.get_num_threads()}.\n"
+    )
+    _harness.emit(_table(rows, args.rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    raise SystemExit(importlib.import_module("benchmarks.serve").main())
