@@ -16,10 +16,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from modblocks._engine import CancelToken
 from modblocks._node import Node
 from modblocks._pipeline import Pipeline
 from modblocks._progress import progress
-from modblocks._run import CancelToken
 from modblocks.exceptions import CancelledError, ModblocksError
 
 from ._app import ServeOptions, create_app, local_runner

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import pydantic
 
-from modblocks._run import did_you_mean
+from modblocks._names import did_you_mean
 from modblocks.exceptions import ModblocksError
 
 from ._fields import Field

@@ -6,9 +6,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from modblocks._engine import Step
 from modblocks._events import Event
 from modblocks._pipeline import Pipeline
-from modblocks._run import Step
 from modblocks._specs import OutputSpec
 from modblocks._state import State
 

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal, Protocol, TypeAlias, cast
 
 import attrs
 
-from modblocks._run import CancelToken
+from modblocks._engine import CancelToken
 from modblocks.exceptions import CancelledError, ModblocksError
 
 __all__ = ["Job", "QueueFullError", "Run", "RunManager", "Runner", "Status"]
