@@ -51,12 +51,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import attrs
 
-from ._cache import fingerprint
+from ._cache import fingerprint, generators_in
 from ._names import did_you_mean
 from ._node import Node
 from ._progress import open_bar
 from ._state import summarize
-from .exceptions import FAILED, MapError, UnknownInputError
+from .exceptions import FAILED, InputTypeError, MapError, UnknownInputError
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -186,9 +186,15 @@ def run_items(
     Returns one ``(True, result)`` or ``(False, exception)`` per item, in order.
     """
     if stack and output is not None and len(items) > 1:
+        # The stacked call draws from the items' generators: if it fails, each item runs again
+        # alone, with its generators as they were before (or every seeded result would change).
+        generators = generators_in(v for item in items for v in item.values())
+        states = [g.get_state() for g in generators]
         stacked = _run_stacked(pipe, items, output, stack)
         if stacked is not None:
             return stacked
+        for generator, state in zip(generators, states, strict=True):
+            generator.set_state(state)
     return [_run_one(pipe, item, output) for item in items]
 
 
@@ -455,9 +461,14 @@ def map_pipeline(
     Raises:
         MapError: some items failed; ``err.results`` holds the others' results.
     """
-    if not isinstance(cast("object", batch_size), int) or batch_size < 1:
+    if (
+        not isinstance(cast("object", batch_size), int)
+        or isinstance(cast("object", batch_size), bool)
+        or batch_size < 1
+    ):
         msg = f"`batch_size` must be a whole number of items, 1 or more; got {batch_size!r}."
-        raise ValueError(msg)
+        raise InputTypeError(msg, name="batch_size")
+    pipe._check_output(output)  # a misspelt output fails here, not after every item ran
     items = list(inputs)
     outcomes: dict[int, Outcome] = {}
     finished: list[int] = []  # indices in the order they finished

@@ -76,8 +76,12 @@ class MissingInputError(ModblocksError, TypeError):
     state: Any = None
 
 
-class InputTypeError(ModblocksError, TypeError):
-    """A value given to a run is not of the type its first reader declares."""
+class InputTypeError(ModblocksError, TypeError, ValueError):
+    """A value given to a run is not of the type its first reader declares, or not usable.
+
+    A `TypeError`, and a `ValueError` for values of the right type that can't be used (a
+    ``batch_size`` of 0).
+    """
 
     node: str | None = None
     name: str | None = None

@@ -19,10 +19,11 @@ BASES = {
     "CancelledError": RuntimeError,
     "MapError": RuntimeError,
     "PathError": (KeyError, ValueError),
-    "InputTypeError": TypeError,
+    "InputTypeError": (TypeError, ValueError),
     "UnknownOutputError": KeyError,
     "FrozenStateError": (attrs.exceptions.FrozenInstanceError, AttributeError, TypeError),
     "BlockPicklingError": pickle.PicklingError,
+    "CacheKeyError": ValueError,
 }
 WARNINGS = {"DefaultsWarning": UserWarning}
 
@@ -39,6 +40,7 @@ FIELDS = {
     "UnknownOutputError": {"node": "pipe", "names": ("image",), "state": None},
     "FrozenStateError": {"name": "x"},
     "BlockPicklingError": {"block": "f", "qualname": "m.<locals>.f"},
+    "CacheKeyError": {"path": "a > f", "state": mb.State(x=1)},
 }
 
 ERROR_CLASSES = [

@@ -9,7 +9,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -353,3 +353,37 @@ def test_map_keeps_the_results_of_items_after_one_that_is_not_a_mapping():
         make_pipe().map(["a", {"prompt": "b"}, {"prompt": "c"}])  # type: ignore[list-item]
     assert info.value.results == [FAILED, ["B!"], ["C!"]]
     assert list(info.value.failures) == [0]
+
+
+def test_map_fallback_runs_each_item_with_its_generators_as_they_were():
+    @mb.block(output="images")
+    def noise(
+        prompt: str | list[str], generator: torch.Generator | list[torch.Generator]
+    ) -> torch.Tensor:
+        gens = generator if isinstance(generator, list) else [generator]
+        return torch.stack([torch.randn(2, generator=g) for g in gens])
+
+    @mb.block(output="count")
+    def count(images: torch.Tensor) -> int:
+        return 7
+
+    pipe = mb.Pipeline(noise >> count)
+
+    def items() -> list[dict[str, Any]]:
+        return [
+            {"prompt": p, "generator": torch.Generator().manual_seed(i)}
+            for i, p in enumerate("abcd")
+        ]
+
+    single = [pipe(output="images", **item) for item in items()]
+    # `count` can't be split into four, so the stacked call falls back to one call per item.
+    fallback = pipe.map(items(), batch_size=4, output=["images", "count"])
+    assert all(torch.equal(a[0], b) for a, b in zip(fallback, single, strict=True))
+
+
+def test_map_checks_output_before_running_any_item():
+    pipe = make_pipe()
+    with pytest.raises(mb.UnknownOutputError, match="Did you mean `images`"):
+        pipe.map(prompts(3), output="imagez")
+    with pytest.raises(mb.InputTypeError, match="batch_size"):
+        pipe.map(prompts(3), batch_size="two")  # type: ignore[arg-type]
