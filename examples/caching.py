@@ -124,14 +124,21 @@ def check_inplace() -> None:
 
 # --8<-- [start:resume]
 def resume_after_failure(components: dict[str, Any]) -> None:
-    """Fix the input that failed and call again: the blocks that finished are served."""
+    """Call again after a failure: the blocks that finished are served."""
     pipe = mb.Pipeline(text2img, components=components, cache=mb.Cache())
-    try:  # a string where a number belongs, as read from a command line
-        pipe(prompt="a cat", generator=seed(0), guidance_rescale="0.7", **SMALL)
+
+    def out_of_memory(module: torch.nn.Module, args: Any) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    handle = components["unet"].register_forward_pre_hook(out_of_memory)
+    try:  # the first UNet call fails, as it would on a busy GPU
+        pipe(prompt="a cat", generator=seed(0), **SMALL)
     except mb.BlockError as err:
         print(f"failed at {err.path}")
+    finally:
+        handle.remove()
     report = mb.Report()
-    pipe.run(prompt="a cat", generator=seed(0), guidance_rescale=0.7, events=report, **SMALL)
+    pipe.run(prompt="a cat", generator=seed(0), events=report, **SMALL)
     print(report)
 
 

@@ -98,6 +98,14 @@ def pickle_a_local_block() -> None:
     pickle.dumps(local)
 
 
+def cache_a_list_that_holds_itself() -> None:
+    """Give a cached run a list that contains itself: the cache can't name its value."""
+    items: list[object] = [1.0]
+    items.append(items)
+    decode_all = mb.block(lambda latents: str(latents), name="decode_all", output="images")
+    decode_all.run(latents=items, cache=mb.Cache())
+
+
 def compose_two_defaults() -> None:
     """Two blocks give one input different defaults: a warning says each reads its own."""
 
@@ -146,4 +154,6 @@ if __name__ == "__main__":
     show(ask_for_an_output_it_does_not_make)
     show(change_a_state)
     show(pickle_a_local_block)
+    show(cache_a_list_that_holds_itself)
+    show(lambda: text2img.run(batch_size="two", timesteps=[1000]))
     compose_two_defaults()

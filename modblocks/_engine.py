@@ -28,6 +28,7 @@ from ._paths import Path, Segment, parse
 from ._plan import Call, Choice, Plan, Repeat, Scope, Seq
 from ._specs import COMPONENT, NOTHING
 from ._state import State, summarize
+from ._typecheck import Check, type_name
 from .exceptions import InputTypeError, MissingInputError, PathError, UnknownInputError
 
 if TYPE_CHECKING:
@@ -288,7 +289,10 @@ class Runnable(Protocol):
     def _label(self) -> str: ...
     @property
     def _named(self) -> bool: ...
+    @property
+    def _input_checks(self) -> dict[str, Check]: ...
     def _missing_hint(self, names: tuple[str, ...]) -> str: ...
+    def _reader(self, name: str) -> tuple[str, Any]: ...
 
 
 def execute(
@@ -303,11 +307,13 @@ def execute(
     resume: str | Path | None = None,
     sink: Callable[[State], None] | None = None,
     hooks: Iterable[Hook] = (),
+    check_types: bool = True,
 ) -> State:
     """Run *node* on *base*, then *state*, then *inputs*; return the final state.
 
     Everything that can be checked is checked before any block runs: the names of *inputs*,
-    the required inputs (all missing ones at once) and the *resume* path. With *resume*,
+    their values against the type their first reader declares (unless *check_types* is
+    False), the required inputs (all missing ones at once) and the *resume* path. With *resume*,
     the values of *state* that runs change in place (generators, schedulers ...) are copied
     first, so the same state can be resumed again.
     """
@@ -318,6 +324,8 @@ def execute(
     if inputs:
         values.update(inputs)
     check_names(node, values, inputs, missing=resume is None)
+    if check_types and inputs:
+        check_values(node, inputs)
     plan = node._plan
     label = node._label if node._named else None
     at = None if resume is None else cursor(plan, label, resume, values)
@@ -359,6 +367,7 @@ def run_plain(node: Runnable, values: Values) -> State:
     iface = node._iface
     if not iface.accepted.issuperset(values) or not iface.required.issubset(values):
         return execute(node, None, values)  # it reports the names
+    check_values(node, values)
     plan = node._plan
     function = plan.__dict__.get("_fast")
     if function is None:
@@ -436,6 +445,26 @@ def check_names(
         label = node._label
         msg = missing_message(label, names) + node._missing_hint(names)
         raise MissingInputError(msg, node=label, names=names)
+
+
+def check_values(node: Runnable, given: Mapping[str, Any]) -> None:
+    """Check each given value against the type its first reader declares (where cheap)."""
+    checks = node._input_checks
+    for name, value in given.items():
+        check = checks.get(name)
+        if check is None:
+            continue
+        if isinstance(check, tuple):
+            if isinstance(value, check):
+                continue
+        elif check(value):
+            continue
+        reader, expected = node._reader(name)
+        msg = (
+            f"input `{name}` is {type(value).__name__} {summarize(value)}, but `{reader}` reads "
+            f"it as {type_name(expected)}. Pass {type_name(expected)}, or convert it first."
+        )
+        raise InputTypeError(msg, node=node._label, name=name, expected=expected)
 
 
 # -- resuming ------------------------------------------------------------------------------

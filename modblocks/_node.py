@@ -21,7 +21,15 @@ from ._paths import Path, parse
 from ._plan import Plan, Scope, Seq
 from ._specs import COMPONENT, CONFIG, INPUT, InputSpec, OutputSpec
 from ._state import State
-from ._wiring import Interface, adapted_interface, fed_defaults, unique_names, wire_sequence
+from ._typecheck import Check, runtime_check
+from ._wiring import (
+    Interface,
+    adapted_interface,
+    fed_defaults,
+    reader_path,
+    unique_names,
+    wire_sequence,
+)
 from .exceptions import PathError, WiringError
 
 if TYPE_CHECKING:
@@ -264,7 +272,7 @@ class Node:
     def __getstate__(self) -> dict[str, Any]:
         # Plans and generated functions are rebuilt on first use after unpickling.
         state = dict(self.__dict__)
-        for name in ("_plan_made", "_identity"):
+        for name in ("_plan_made", "_identity", "_checks_made"):
             state.pop(name, None)
         return state
 
@@ -302,6 +310,24 @@ class Node:
 
     def _identity_parts(self) -> list[Any]:
         return []
+
+    @property
+    def _input_checks(self) -> dict[str, Check]:
+        """How to check each input's value at run time, by name (those that can be checked)."""
+        found: dict[str, Check] | None = self.__dict__.get("_checks_made")
+        if found is None:
+            found = {}
+            for spec in self._iface.inputs:
+                check = runtime_check(spec.type) if spec.kind == INPUT else None
+                if check is not None:
+                    found[spec.name] = check
+            self.__dict__["_checks_made"] = found
+        return found
+
+    def _reader(self, name: str) -> tuple[str, Any]:
+        """The path of the block that reads *name* first, and the type it declares."""
+        spec = next(s for s in self._iface.inputs if s.name == name)
+        return reader_path(self, self._label, name), spec.type
 
     def _missing_hint(self, names: tuple[str, ...]) -> str:
         """A hint for missing inputs that a loop inside gives its body under other names."""

@@ -38,6 +38,7 @@ def stream(
     base: Mapping[str, Any] | None = None,
     hooks: Iterable[Hook] = (),
     inference_mode: bool = False,
+    check_types: bool = True,
 ) -> Iterator[State]:
     """Run *node*, yielding the state after each loop step and the final state last."""
     to_consumer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
@@ -53,7 +54,9 @@ def stream(
     hooks = tuple(hooks)
 
     def run() -> State:
-        return execute(node, state, inputs, base=base, sink=sink, hooks=hooks)
+        return execute(
+            node, state, inputs, base=base, sink=sink, hooks=hooks, check_types=check_types
+        )
 
     def work() -> None:
         try:

@@ -7,12 +7,13 @@ variables, unresolved names, protocols, type arguments).
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 import typing
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
-__all__ = ["is_compatible", "type_name"]
+__all__ = ["Check", "is_compatible", "runtime_check", "type_name"]
 
 _NONE = type(None)
 # PEP 484's numeric tower: an int (so also a bool) is acceptable where a float is, both
@@ -108,3 +109,72 @@ def type_name(tp: Any) -> str:
         inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
         return f"{type_name(origin)}[{inner}]"
     return repr(tp).replace("typing.", "")
+
+
+Check = tuple[type, ...] | typing.Callable[[Any], bool]
+"""How to check a value at run time: classes for `isinstance`, or a predicate."""
+
+_NUMERIC: dict[type, tuple[type, ...]] = {float: (float, int), complex: (complex, float, int)}
+
+
+def runtime_check(tp: Any) -> Check | None:
+    """How to check that a value fits the annotation *tp*, cheaply; None when it can't be.
+
+    Checked: plain classes (with PEP 484's numeric tower), ``Optional``/``Union``, ``Literal``,
+    and generic containers by their origin (``list[int]``: a list; its items are not read).
+    Not checked: ``Any``, type variables, unresolved names, non-runtime protocols.
+
+    Example:
+        >>> runtime_check(int | None), runtime_check(float)
+        ((<class 'int'>, <class 'NoneType'>), (<class 'float'>, <class 'int'>))
+        >>> check = runtime_check(typing.Literal["np", "pil"])
+        >>> check("np"), check("png")
+        (True, False)
+    """
+    try:
+        return _cached_check(tp)
+    except TypeError:  # an unhashable annotation: work it out each time
+        return _check_for(tp)
+
+
+@functools.cache
+def _cached_check(tp: Any) -> Check | None:
+    return _check_for(tp)
+
+
+def _check_for(tp: Any) -> Check | None:
+    tp = _strip(tp)
+    if _undecidable(tp) or tp is object:
+        return None
+    if _is_union(tp):
+        members = [runtime_check(arg) for arg in get_args(tp)]
+        if any(m is None for m in members):
+            return None
+        if all(isinstance(m, tuple) for m in members):
+            classes: list[type] = []
+            for member in members:
+                classes += [c for c in cast("tuple[type, ...]", member) if c not in classes]
+            return tuple(classes)
+        checks = [cast("Check", m) for m in members]
+        return lambda value: any(_passes(value, check) for check in checks)
+    if get_origin(tp) is Literal:
+        allowed: tuple[tuple[type, Any], ...] = tuple(
+            (type(cast("object", a)), a) for a in get_args(tp)
+        )
+        return lambda value: (type(value), value) in allowed
+    cls = get_origin(tp) or tp
+    if not isinstance(cls, type):
+        return None
+    if getattr(cls, "_is_protocol", False) and not getattr(cls, "_is_runtime_protocol", False):
+        return None
+    try:
+        isinstance(None, cls)
+    except TypeError:  # classes isinstance can't decide
+        return None
+    return _NUMERIC.get(cls, (cls,))
+
+
+def _passes(value: Any, check: Check) -> bool:
+    if isinstance(check, tuple):
+        return isinstance(value, check)
+    return check(value)

@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import attrs
 
@@ -29,6 +29,7 @@ __all__ = [
     "check_declarations",
     "fed_defaults",
     "loop_interface",
+    "reader_path",
     "switch_interface",
     "unique_names",
     "wire_sequence",
@@ -328,6 +329,11 @@ def check_declarations(children: Iterable[tuple[str, Wired]]) -> None:
                 _check_declared(declared, label, spec)
 
 
+def reader_path(node: Wired, label: str, name: str) -> str:
+    """The path to the block in *node* (called *label*) that reads *name* first."""
+    return _within(node, label, name, writer=False)
+
+
 def _within(node: Wired, label: str, name: str, *, writer: bool) -> str:
     """Return *label* and the path to the block in *node* that reads *name* first, for messages.
 
@@ -381,6 +387,10 @@ def switch_interface(
     for iface in ifaces:
         for spec in iface.inputs:
             first = inputs.setdefault(spec.name, spec)
+            if first.type != spec.type and first is not spec:
+                # Branches read it as different types: the switch takes either.
+                either: Any = Union.__getitem__((first.type, spec.type))  # string hints too
+                first = inputs[spec.name] = attrs.evolve(first, type=either)
             if not _same_default(first, spec):
                 # Each branch keeps its own default; the switch itself promises none.
                 note = "default depends on the branch"

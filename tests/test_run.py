@@ -3,7 +3,7 @@
 import pickle
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pytest
 import torch
@@ -597,3 +597,67 @@ def test_run_takes_a_mapping_as_its_state():
     assert isinstance(info.value, TypeError)
     with pytest.raises(mb.InputTypeError, match="not strings"):
         inc.run({1: 2})  # type: ignore[dict-item]
+
+
+# -- values checked at the boundary -----------------------------------------------------------
+
+
+@mb.block(output="steps")
+def count_steps(
+    num_inference_steps: int, mode: Literal["np", "pil"] = "np", scale: float | None = None
+) -> int:
+    return num_inference_steps
+
+
+@mb.block(output="label")
+def label(steps: int, names: list[str] | None = None) -> str:
+    return f"{steps}"
+
+
+def test_run_checks_values_against_their_first_readers_type_before_anything_runs():
+    ran: list[str] = []
+
+    @mb.block(output="first")
+    def first(x: int) -> int:
+        ran.append("first")
+        return x
+
+    seq = first >> count_steps >> label
+    with pytest.raises(mb.InputTypeError, match="`sequence > count_steps` reads it as int") as info:
+        seq.run(x=1, num_inference_steps="50")
+    assert (info.value.name, info.value.expected) == ("num_inference_steps", int)
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(mb.InputTypeError, match="Literal"):
+        seq.run(x=1, num_inference_steps=2, mode="png")
+    with pytest.raises(mb.InputTypeError, match="float | None"):
+        seq.run(x=1, num_inference_steps=2, scale="high")
+    with pytest.raises(mb.InputTypeError, match="list"):
+        seq.run(x=1, num_inference_steps=2, names="a")
+    assert ran == []
+    # What the annotations allow passes: int for float (PEP 484), None for Optional, bool for
+    # int, any list for list[str] (its items are not read).
+    final = seq.run(x=1, num_inference_steps=True, mode="pil", scale=2, names=[1])
+    assert final["label"] == "True"
+
+
+def test_pipeline_can_skip_the_value_check_for_hot_loops():
+    pipe = mb.Pipeline(count_steps, check_types=False)
+    assert pipe(num_inference_steps="5", output="steps") == "5"
+    with pytest.raises(mb.InputTypeError):
+        mb.Pipeline(count_steps)(num_inference_steps="5")
+
+
+def test_switch_inputs_take_what_any_branch_reads():
+    @mb.block(output="y")
+    def as_int(x: int) -> int:
+        return x
+
+    @mb.block(output="y")
+    def as_text(x: str) -> int:
+        return len(x)
+
+    sw = mb.switch({"flag": as_int}, default=as_text)
+    assert sw.run(x="abc")["y"] == 3
+    assert sw.run(x=4, flag=True)["y"] == 4
+    with pytest.raises(mb.InputTypeError):
+        sw.run(x=2.5)
