@@ -127,7 +127,7 @@ def resume_after_failure(components: dict[str, Any]) -> None:
     """Call again after a failure: the blocks that finished are served."""
     pipe = mb.Pipeline(text2img, components=components, cache=mb.Cache())
 
-    def out_of_memory(module: torch.nn.Module, args: Any) -> None:
+    def out_of_memory(*_: Any) -> None:  # a forward pre-hook on the UNet
         raise RuntimeError("CUDA out of memory (simulated)")
 
     handle = components["unet"].register_forward_pre_hook(out_of_memory)

@@ -102,7 +102,11 @@ def cache_a_list_that_holds_itself() -> None:
     """Give a cached run a list that contains itself: the cache can't name its value."""
     items: list[object] = [1.0]
     items.append(items)
-    decode_all = mb.block(lambda latents: str(latents), name="decode_all", output="images")
+
+    @mb.block(output="images")
+    def decode_all(latents: list[object]) -> str:
+        return repr(latents)
+
     decode_all.run(latents=items, cache=mb.Cache())
 
 

@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import attrs
 
@@ -389,7 +389,7 @@ def switch_interface(
             first = inputs.setdefault(spec.name, spec)
             if first.type != spec.type and first is not spec:
                 # Branches read it as different types: the switch takes either.
-                either: Any = Union.__getitem__((first.type, spec.type))  # string hints too
+                either: Any = _union(first.type, spec.type)
                 first = inputs[spec.name] = attrs.evolve(first, type=either)
             if not _same_default(first, spec):
                 # Each branch keeps its own default; the switch itself promises none.
@@ -420,6 +420,14 @@ def switch_interface(
         tuple(specs.values()), tuple(outputs.values()), bound=tuple(bound), maybe=maybe
     )
     return _check_names(iface, label)
+
+
+def _union(a: Any, b: Any) -> Any:
+    """``a | b``, also for annotations ``|`` can't join (string forward references)."""
+    try:
+        return a | b
+    except TypeError:
+        return Any
 
 
 def _same_default(a: InputSpec, b: InputSpec) -> bool:

@@ -629,7 +629,7 @@ def test_run_checks_values_against_their_first_readers_type_before_anything_runs
     assert isinstance(info.value, TypeError)
     with pytest.raises(mb.InputTypeError, match="Literal"):
         seq.run(x=1, num_inference_steps=2, mode="png")
-    with pytest.raises(mb.InputTypeError, match="float | None"):
+    with pytest.raises(mb.InputTypeError, match=r"float \| None"):
         seq.run(x=1, num_inference_steps=2, scale="high")
     with pytest.raises(mb.InputTypeError, match="list"):
         seq.run(x=1, num_inference_steps=2, names="a")
