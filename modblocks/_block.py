@@ -303,7 +303,7 @@ def block(
         cache: whether a pipeline cache may serve this block's results; turn it off for blocks
             with side effects or hidden randomness.
 
-    Example:
+    Examples:
         >>> @block(output="doubled")
         ... def double(x: int) -> int:
         ...     return 2 * x

@@ -160,7 +160,7 @@ class Cache:
         check_inplace: raise when a block changes one of its input tensors in place, which
             would corrupt results cached or shared with earlier states.
 
-    Example:
+    Examples:
         >>> cache = Cache(max_entries=100)
         >>> cache.stats().entries
         0

@@ -19,7 +19,7 @@ _NUMPY_ITEM = re.compile(r"^(\w+)\s*(?::.*)?$")
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     """Return the first paragraph and the per-parameter descriptions of a docstring.
 
-    Example:
+    Examples:
         >>> parse_docstring('''Add one.
         ...
         ... Args:

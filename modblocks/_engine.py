@@ -55,7 +55,7 @@ UnitCall: TypeAlias = Callable[[Plan, Values, "Cursor | None"], None]
 class CancelToken:
     """Cancels one run (or a few) from another thread, between blocks and between loop steps.
 
-    Example:
+    Examples:
         >>> token = CancelToken()
         >>> token.cancel()
         >>> token.cancelled

@@ -35,7 +35,7 @@ class Event:
 class Report:
     """Collects the events of a run: pass it as ``events=`` and print it afterwards.
 
-    Example:
+    Examples:
         >>> report = Report()
         >>> report(Event("finished", "a", seconds=0.002)); report(Event("cached", "b"))
         >>> print(report)

@@ -96,7 +96,7 @@ def fingerprint(value: Any, *, hash_tensors: bool = True) -> bytes | None:
 
     None means "can't be fingerprinted": the block reading it is not served from a cache.
 
-    Example:
+    Examples:
         >>> fingerprint(3) == fingerprint(3), fingerprint(3) == fingerprint(3.0)
         (True, False)
         >>> fingerprint([1, "a", (2.0, None)]) == fingerprint([1, "a", (2.0, None)])

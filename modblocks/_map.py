@@ -84,7 +84,7 @@ def batchable_inputs(node: Node) -> tuple[str, ...]:
     ``list[T]`` (or ``Sequence[T]``): ``str | list[str] | None``, or diffusers'
     ``torch.Generator | list[torch.Generator] | None``. `Pipeline.map` stacks these.
 
-    Example:
+    Examples:
         >>> import modblocks as mb
         >>> @mb.block(output="n")
         ... def count(prompt: str | list[str], steps: int = 2) -> int:

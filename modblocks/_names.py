@@ -17,7 +17,7 @@ RUN_OPTIONS: Final = frozenset({"on_step", "events", "cancel", "cache", "resume"
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return `` Did you mean `x`?`` for the closest choice, or an empty string.
 
-    Example:
+    Examples:
         >>> did_you_mean("prompt_embed", ["prompt_embeds", "latents"])
         ' Did you mean `prompt_embeds`?'
     """

@@ -33,7 +33,7 @@ class Path(str):  # noqa: SLOT000 - a str subclass can't have non-empty __slots_
     Compares and prints as that string; ``path.segments`` holds the structure (a tuple of
     `Segment`), and ``resume=`` takes either form.
 
-    Example:
+    Examples:
         >>> p = Path.of([Segment("text2img"), Segment("denoise", 3), Segment("unet")])
         >>> p, p.segments[1].step
         ('text2img > denoise[step 3] > unet', 3)
@@ -66,7 +66,7 @@ _SEGMENT = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\[\s*step\s+(\d+)\s*\])?\s*$")
 def parse(path: str | Path) -> tuple[Segment, ...]:
     """Return the segments of *path*, or raise `PathError` for text that is not a path.
 
-    Example:
+    Examples:
         >>> parse("outer > denoise[step 2] > unet")
         (Segment(name='outer', step=None), Segment(name='denoise', step=2), Segment(name='unet', step=None))
     """  # noqa: E501 - a doctest line

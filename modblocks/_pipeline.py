@@ -61,7 +61,7 @@ class Pipeline:
         check_types: check each input's value against the type its first reader declares
             before anything runs (about 0.1 µs an input); False skips it, for hot loops.
 
-    Example:
+    Examples:
         ``pipe = mb.Pipeline(text2img, components={"unet": unet, ...})`` then
         ``images = pipe(prompt="a cat", output="images")``.
     """

@@ -34,7 +34,7 @@ class progress(contextlib.ContextDecorator):  # noqa: N801 - a function-style en
     and every other keyword goes to `tqdm.tqdm` (``file=``, ``ncols=``, ``colour=`` ...).
     Per-loop settings (``mb.loop(..., progress=...)``) take precedence.
 
-    Example:
+    Examples:
         >>> with progress(disable=True):
         ...     settings()["disable"]
         True

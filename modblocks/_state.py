@@ -18,7 +18,7 @@ _MAX_REPR = 60
 def summarize(value: Any) -> str:
     """Describe a value in a line: tensors by shape and dtype, long values by type.
 
-    Example:
+    Examples:
         >>> summarize(3), summarize("x" * 100)
         ('3', 'str(len=100)')
     """
@@ -53,7 +53,7 @@ class State(Mapping[str, Any]):
     ``state["x"]`` and ``state.x`` read a value (``state["keys"]`` for names that collide with
     methods); `evolve` returns a new state. Values are shared between states, never copied.
 
-    Example:
+    Examples:
         >>> s = State({"prompt": "a cat"}, steps=2)
         >>> s.steps, s.evolve(steps=3).steps, s.steps
         (2, 3, 2)

@@ -48,7 +48,7 @@ def _undecidable(tp: Any) -> bool:
 def is_compatible(produced: Any, expected: Any) -> bool:
     """Return whether a value annotated *produced* may feed an input annotated *expected*.
 
-    Example:
+    Examples:
         >>> is_compatible(int, float), is_compatible(bool, complex), is_compatible(str, int | None)
         (True, True, False)
         >>> is_compatible(list[int], list), is_compatible(list[int], dict[str, int])
@@ -82,7 +82,7 @@ def is_compatible(produced: Any, expected: Any) -> bool:
 def type_name(tp: Any) -> str:
     """Spell an annotation the way a user wrote it: ``torch.Tensor``, ``list[int] | None``.
 
-    Example:
+    Examples:
         >>> import collections.abc
         >>> type_name(int), type_name(collections.abc.Sequence), type_name(list[int] | None)
         ('int', 'collections.abc.Sequence', 'list[int] | None')
@@ -124,7 +124,7 @@ def runtime_check(tp: Any) -> Check | None:
     and generic containers by their origin (``list[int]``: a list; its items are not read).
     Not checked: ``Any``, type variables, unresolved names, non-runtime protocols.
 
-    Example:
+    Examples:
         >>> runtime_check(int | None), runtime_check(float)
         ((<class 'int'>, <class 'NoneType'>), (<class 'float'>, <class 'int'>))
         >>> check = runtime_check(typing.Literal["np", "pil"])

@@ -69,7 +69,7 @@ class Wired(Protocol):
 def unique_names(names: Iterable[str]) -> tuple[str, ...]:
     """Make names unique in order: repeats become ``name_2``, ``name_3``, ...
 
-    Example:
+    Examples:
         >>> unique_names(["f", "f", "g", "f"])
         ('f', 'f_2', 'g', 'f_3')
     """

@@ -196,7 +196,7 @@ class MapError(ModblocksError, RuntimeError):
         failures: the exception of each failed item, by its index in the inputs.
         inputs: the inputs of each failed item, by index (to run them again).
 
-    Example:
+    Examples:
         ``except mb.MapError as err: retry = pipe.map(err.inputs.values())`` runs the failed
         items again; ``[r for r in err.results if r is not err.FAILED]`` are the good ones.
     """

@@ -6,7 +6,7 @@ asked for becomes a column. The pipeline travels to each actor once, as its pick
 components or as a factory that builds it there (``Pipeline.from_pretrained`` from a path
 every node can read is the cheapest for large models).
 
-Example:
+Examples:
     ```python
     import ray
     import modblocks.ray

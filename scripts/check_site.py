@@ -247,12 +247,17 @@ def serve(site: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 class _Ids(html.parser.HTMLParser):
-    """Collect the ``id`` attributes of a page and count its mermaid blocks."""
+    """Collect the ``id`` attributes of a page, count its mermaid blocks, and find examples
+    that render as text instead of code (a docstring's doctest shown as nested blockquotes,
+    or ``>>>`` lines run into a paragraph)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ids: set[str] = set()
         self.mermaid = 0
+        self.misrendered: list[str] = []
+        self._code = 0  # inside <code> or <pre>
+        self._quote = 0  # inside <blockquote>
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
@@ -260,6 +265,22 @@ class _Ids(html.parser.HTMLParser):
             self.ids.add(values["id"] or "")
         if tag == "pre" and "mermaid" in (values.get("class") or "").split():
             self.mermaid += 1
+        if tag in ("code", "pre"):
+            self._code += 1
+        elif tag == "blockquote":
+            self._quote += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("code", "pre"):
+            self._code = max(0, self._code - 1)
+        elif tag == "blockquote":
+            self._quote = max(0, self._quote - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self._code or not data.strip():
+            return
+        if ">>>" in data or (self._quote and "..." in data):
+            self.misrendered.append(" ".join(data.split())[:60])
 
 
 @functools.cache
@@ -497,8 +518,13 @@ def check_site(site: Path, executable: str, screenshots: Path | None) -> list[st
             if file is None:
                 continue  # reported where it was linked from
             pages += 1
-            page_problems, links = check_page(tools, url, read_page(file).mermaid)
+            parsed = read_page(file)
+            page_problems, links = check_page(tools, url, parsed.mermaid)
             problems += [f"{path}: {p}" for p in page_problems]
+            problems += [
+                f"{path}: an example renders as text, not code: {text!r}"
+                for text in parsed.misrendered
+            ]
             if screenshots is not None:
                 name = path.strip("/").replace("/", "__") or "index"
                 screenshot(tools, screenshots / f"{name}.png")

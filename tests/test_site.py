@@ -67,7 +67,18 @@ def test_site_check_finds_broken_links_and_unrendered_diagrams(chromium, tmp_pat
         '<pre class="mermaid"><code>flowchart LR\n a --> b</code></pre>'
         "</body></html>"
     )
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "index.html").write_text(
+        "<html><body><details class='example'><summary>Example</summary>"
+        "<blockquote><blockquote><p>&gt;&gt;&gt; double(2) 4</p></blockquote></blockquote>"
+        "</details><pre><code>&gt;&gt;&gt; fine(1)</code></pre></body></html>"
+    )
+    (tmp_path / "index.html").write_text(
+        (tmp_path / "index.html").read_text().replace("</body>", '<a href="api/">api</a></body>')
+    )
     problems = "\n".join(check_site.check_site(tmp_path, chromium, None))
+    assert "/api/: an example renders as text, not code: '>>> double(2) 4'" in problems
+    assert "fine(1)" not in problems
     assert "mermaid.min.js is not in the site" in problems
     assert "/: broken link to /missing/" in problems
     assert "/: link to missing anchor /other/#nowhere" in problems

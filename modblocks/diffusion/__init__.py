@@ -7,7 +7,7 @@ reads its inputs by name. Ready-made nodes: Stable Diffusion 1.x (`stable_diffus
 components, scheduler and seeded generators they give the same images as the diffusers
 pipelines.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion import stable_diffusion
     from modblocks.diffusion.testing import tiny_sd_components

@@ -19,7 +19,7 @@ the control image's anyway). Defaults follow each of diffusers' ControlNet pipel
 differ: `controlnet_conditioning_scale` is 1.0 for text-to-image, 0.8 (and `strength` 0.8) for
 image-to-image, 0.5 for SD inpainting; SDXL ControlNet inpainting guides with 5.0, not 7.5.
 
-Example:
+Examples:
     ```python
     import PIL.Image
     from modblocks.diffusion import stable_diffusion_controlnet

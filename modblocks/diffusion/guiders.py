@@ -19,7 +19,7 @@ The config `guider` picks how the UNet's predictions are combined each step, per
 and `predict_noise_guided` (or `_xl`) in place of its `predict_noise`; the noise prediction
 also takes `cross_attention_kwargs` (e.g. `{"scale": 0.5}`, the per-call LoRA scale).
 
-Example:
+Examples:
     ```python
     from diffusers.guiders import AdaptiveProjectedGuidance
     from modblocks.diffusion import text2img

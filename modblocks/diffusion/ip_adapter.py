@@ -13,7 +13,7 @@ each mode; it encodes `ip_adapter_image` (or takes `ip_adapter_image_embeds`) in
 `image_embeds` that the noise prediction gives the UNet. Without either input it gives
 `None` and the node runs as before.
 
-Example:
+Examples:
     ```python
     import PIL.Image
     import modblocks as mb

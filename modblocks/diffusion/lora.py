@@ -16,7 +16,7 @@ touch is seen by *every* `mb.Cache`: no pipeline sharing the model serves a resu
 before the change, and blocks that don't read a changed model (the VAE's, the schedule's)
 are still served.
 
-Example:
+Examples:
     ```python
     import modblocks as mb
     from modblocks.diffusion import text2img

@@ -11,7 +11,7 @@ embeddings to a diffusers pipeline.
 
 `weighted(node)` swaps the prompt encoder of a ready-made node for the weighted one.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion import text2img
     from modblocks.diffusion.prompt_weighting import parse_weights, weighted
@@ -57,7 +57,7 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
 
     Neighbouring fragments of equal weight are merged; unclosed brackets apply to the end.
 
-    Example:
+    Examples:
         >>> parse_weights(r"a ((cat)) \(not weighted\)")
         [('a ', 1.0), ('cat', 1.2100000000000002), (' (not weighted)', 1.0)]
     """

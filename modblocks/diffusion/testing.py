@@ -6,7 +6,7 @@ their SDXL, SD3 and Flux siblings), so they run in milliseconds on a CPU. Tokeni
 built from small vocabularies in memory (a byte-level BPE for CLIP, a Unigram word list for
 T5) instead of being downloaded, because tests here never reach the Hugging Face Hub.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion import text2img
     from modblocks.diffusion.testing import tiny_sd_components

@@ -3,7 +3,7 @@
 Built offline with PEFT, as diffusers' own fast tests build theirs: random, non-zero weights,
 so that an adapter visibly changes the images.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion.testing import tiny_sd_components
     from modblocks.diffusion.testing_adapters import tiny_lora

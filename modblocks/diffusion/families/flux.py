@@ -8,7 +8,7 @@ with a `negative_prompt`) is a second transformer call. The schedule is shifted 
 image's size. With the same components, scheduler and seeded generators the nodes give
 the images of diffusers' `FluxPipeline`, `FluxImg2ImgPipeline` and `FluxInpaintPipeline`.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion import flux
     from modblocks.diffusion.testing import tiny_flux_components

@@ -8,7 +8,7 @@ attention mask and the token grid, CFG that keeps the norm) and its video VAE's 
 With the same components, scheduler and seeded generators it gives the images of diffusers'
 `QwenImagePipeline`.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion import qwen_image
     from modblocks.diffusion.testing import tiny_qwen_image_components

@@ -7,7 +7,7 @@ positive]`, with skip-layer guidance for SD3.5 (`skip_guidance_layers`). With th
 components, scheduler and seeded generators the nodes give the images of diffusers'
 `StableDiffusion3Pipeline` and `StableDiffusion3Img2ImgPipeline`.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion import stable_diffusion_3
     from modblocks.diffusion.testing import tiny_sd3_components

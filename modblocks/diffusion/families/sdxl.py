@@ -9,7 +9,7 @@ components, scheduler and seeded generators the nodes give the images of diffuse
 `StableDiffusionXLPipeline`, `StableDiffusionXLImg2ImgPipeline` and
 `StableDiffusionXLInpaintPipeline`.
 
-Example:
+Examples:
     ```python
     from modblocks.diffusion import stable_diffusion_xl
     from modblocks.diffusion.testing import tiny_sdxl_components
