@@ -247,9 +247,11 @@ def serve(site: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 class _Ids(html.parser.HTMLParser):
-    """Collect the ``id`` attributes of a page, count its mermaid blocks, and find examples
-    that render as text instead of code (a docstring's doctest shown as nested blockquotes,
-    or ``>>>`` lines run into a paragraph)."""
+    """Read a page's ``id`` attributes, mermaid blocks and examples shown as text.
+
+    An example shown as text is a docstring's doctest rendered as nested blockquotes, or
+    ``>>>`` lines run into a paragraph, instead of a code block.
+    """
 
     def __init__(self) -> None:
         super().__init__()
