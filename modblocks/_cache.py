@@ -138,10 +138,16 @@ Key = tuple[bytes, ...]
 
 @attrs.frozen
 class Entry:
+    """A stored result: outputs (private copies), their keys, the generators' states after."""
+
     outputs: tuple[Any, ...]
     keys: tuple[bytes, ...]  # one per output, for the units that read them
     generator_states: tuple[Any, ...]
     nbytes: int
+    plain: bool = attrs.field(init=False)  # every output a plain value: served as it is
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "plain", all(type(v) in PLAIN for v in self.outputs))
 
 
 class Cache:

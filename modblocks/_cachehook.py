@@ -156,12 +156,16 @@ class CacheHook(Hook):
 
     def _serve(self, run: Run, entry: Entry, values: Values, plan: Plan) -> None:
         keys = self.keys
-        for name, value, output_key in zip(plan.outputs, entry.outputs, entry.keys):  # noqa: B905
-            if value is NOTHING:
-                continue  # the unit did not make it (a switch's branch that makes no such value)
-            # A copy of the stored one (runs and callers may change theirs), made once per run.
-            values[name] = value if type(value) in PLAIN else private(value, self.copies)
-            keys[name] = output_key
+        if entry.plain:  # immutable values: handed over as they are, at C speed
+            values.update(zip(plan.outputs, entry.outputs))  # noqa: B905 - equal lengths
+            keys.update(zip(plan.outputs, entry.keys))  # noqa: B905
+        else:
+            for name, value, output_key in zip(plan.outputs, entry.outputs, entry.keys):  # noqa: B905
+                if value is NOTHING:
+                    continue  # the unit did not make it (a branch that makes no such value)
+                # A copy of the stored one (runs and callers may change theirs), once per run.
+                values[name] = value if type(value) in PLAIN else private(value, self.copies)
+                keys[name] = output_key
         if entry.generator_states:
             # Leave the generators as running the unit would have: later draws stay the same.
             generators = generators_in(values[n] for n in plan.inputs if n in values)

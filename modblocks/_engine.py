@@ -182,8 +182,12 @@ class Run:
             path.pop()
 
     def where(self) -> Path:
-        """The current path, e.g. ``text2img > denoise[step 3] > unet``."""
-        return Path.of(self.path)
+        """The current path, e.g. ``text2img > denoise[step 3] > unet``.
+
+        At the top of a run of an anonymous sequence (which has no segment of its own), the
+        path is ``sequence``, as the sequence calls itself in messages.
+        """
+        return Path.of(self.path or (Segment("sequence"),))
 
     def emit(self, kind: EventKind, **fields: Any) -> None:
         """Send an event for the current path, when someone listens."""
@@ -266,7 +270,7 @@ class _Events(Hook):
             if plan.kind != "block":
                 call(plan, values, at)
                 return
-            path = Path.of(run.path)
+            path = run.where()
             _send(listener, Event("started", path))
             start = clock()
             call(plan, values, at)
