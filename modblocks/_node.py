@@ -21,7 +21,7 @@ from ._paths import Path, parse
 from ._plan import Plan, Scope, Seq
 from ._specs import COMPONENT, CONFIG, INPUT, InputSpec, OutputSpec
 from ._state import State
-from ._typecheck import Check, runtime_check
+from ._typecheck import Check, or_none, runtime_check
 from ._wiring import (
     Interface,
     adapted_interface,
@@ -320,7 +320,8 @@ class Node:
             for spec in self._iface.inputs:
                 check = runtime_check(spec.type) if spec.kind == INPUT else None
                 if check is not None:
-                    found[spec.name] = check
+                    # None may be given where None is the default (as ``x: int = None``).
+                    found[spec.name] = or_none(check) if spec.default is None else check
             self.__dict__["_checks_made"] = found
         return found
 

@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
-__all__ = ["Check", "is_compatible", "runtime_check", "type_name"]
+__all__ = ["Check", "is_compatible", "or_none", "runtime_check", "type_name"]
 
 _NONE = type(None)
 # PEP 484's numeric tower: an int (so also a bool) is acceptable where a float is, both
@@ -172,6 +172,13 @@ def _check_for(tp: Any) -> Check | None:
     except TypeError:  # classes isinstance can't decide
         return None
     return _NUMERIC.get(cls, (cls,))
+
+
+def or_none(check: Check) -> Check:
+    """*check*, also passing None."""
+    if isinstance(check, tuple):
+        return check if type(None) in check else (*check, type(None))
+    return lambda value: value is None or check(value)
 
 
 def _passes(value: Any, check: Check) -> bool:

@@ -401,6 +401,9 @@ def switch_interface(
     required = {name for name in inputs if has_default and all(name in i.required for i in ifaces)}
     specs = {n: attrs.evolve(s, required=n in required) for n, s in inputs.items()}
     for name, default in selectors:
+        if name in specs and not specs[name].required:
+            # None selects no branch: a selector may always be None, whatever a branch reads.
+            specs[name] = attrs.evolve(specs[name], type=_union(specs[name].type, None))
         if name not in specs:
             specs[name] = InputSpec(
                 name, default=default, description=f"selects a branch of `{label}`"
@@ -424,6 +427,8 @@ def switch_interface(
 
 def _union(a: Any, b: Any) -> Any:
     """``a | b``, also for annotations ``|`` can't join (string forward references)."""
+    if a is Any or b is Any:
+        return Any
     try:
         return a | b
     except TypeError:

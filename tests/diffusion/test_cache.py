@@ -310,9 +310,13 @@ def test_sd_cache_inpaint_new_seed_serves_preprocessing_and_schedule(
 
 
 def test_sd_cache_after_a_failure_in_the_loop_reruns_only_from_the_loop(cached, plain):
+    def out_of_memory(*_: Any) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    handle = cached.components["unet"].register_forward_pre_hook(out_of_memory)
     with pytest.raises(mb.BlockError, match="predict_noise") as info:
-        # A string where a number belongs, as read from a command line.
-        cached(prompt="a cat", generator=seed(0), guidance_rescale="0.5", **SMALL)
+        cached(prompt="a cat", generator=seed(0), guidance_rescale=0.5, **SMALL)
+    handle.remove()
     assert info.value.path == T2I + "denoise[step 0] > predict_noise"
     images, report = call(cached, prompt="a cat", generator=seed(0), guidance_rescale=0.5, **SMALL)
     assert report.cached == paths(
