@@ -177,8 +177,10 @@ def _check_for(tp: Any) -> Check | None:
 def or_none(check: Check) -> Check:
     """*check*, also passing None."""
     if isinstance(check, tuple):
-        return check if type(None) in check else (*check, type(None))
-    return lambda value: value is None or check(value)
+        classes: tuple[type, ...] = check
+        return classes if type(None) in classes else (*classes, type(None))
+    predicate = check
+    return lambda value: value is None or predicate(value)
 
 
 def _passes(value: Any, check: Check) -> bool:
