@@ -177,7 +177,7 @@ def _check_for(tp: Any) -> Check | None:
 def or_none(check: Check) -> Check:
     """*check*, also passing None."""
     if isinstance(check, tuple):
-        classes = cast("tuple[type, ...]", check)
+        classes = cast("tuple[type, ...]", check)  # type: ignore[redundant-cast] # for pyright
         return classes if type(None) in classes else (*classes, type(None))
     predicate = check
     return lambda value: value is None or predicate(value)
