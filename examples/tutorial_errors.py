@@ -159,5 +159,6 @@ if __name__ == "__main__":
     show(change_a_state)
     show(pickle_a_local_block)
     show(cache_a_list_that_holds_itself)
+    show(lambda: text2img.run(batch_size=1, timesteps=[1000]).latent)
     show(lambda: text2img.run(batch_size="two", timesteps=[1000]))
     compose_two_defaults()

@@ -47,6 +47,7 @@ from .exceptions import OutputError as OutputError
 from .exceptions import PathError as PathError
 from .exceptions import UnknownInputError as UnknownInputError
 from .exceptions import UnknownOutputError as UnknownOutputError
+from .exceptions import UnknownValueError as UnknownValueError
 from .exceptions import WiringError as WiringError
 
 __version__ = "0.1.0"
@@ -88,6 +89,7 @@ __all__ = [
     "Switch",
     "UnknownInputError",
     "UnknownOutputError",
+    "UnknownValueError",
     "WiringError",
     "__version__",
     "block",

@@ -22,6 +22,7 @@ from typing import Any, cast
 import attrs
 
 from ._fingerprint import PLAIN, fingerprint, is_pil_image, touch
+from .exceptions import InputTypeError
 
 __all__ = ["Cache", "CacheStats", "fingerprint", "private", "touch"]
 
@@ -180,6 +181,12 @@ class Cache:
         hash_tensors: bool = True,
         check_inplace: bool = False,
     ) -> None:
+        for name, limit in (("max_entries", max_entries), ("max_bytes", max_bytes)):
+            if limit is not None and (
+                not isinstance(cast("object", limit), int) or isinstance(limit, bool) or limit < 0
+            ):
+                msg = f"`Cache({name}=...)` is a whole number of 0 or more, or None; got {limit!r}."
+                raise InputTypeError(msg, name=name)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.hash_tensors = hash_tensors

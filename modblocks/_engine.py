@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 import attrs
 
+from ._cache import Cache
 from ._codegen import Cursor, fast, hooked
 from ._events import Event, EventKind
 from ._failure import BLOCK, CANCELLED, Failure, missing_message, to_error
@@ -41,6 +42,7 @@ __all__ = [
     "Run",
     "Runnable",
     "Step",
+    "check_options",
     "execute",
     "fork",
     "needs_hooks",
@@ -449,6 +451,30 @@ def check_names(
         label = node._label
         msg = missing_message(label, names) + node._missing_hint(names)
         raise MissingInputError(msg, node=label, names=names)
+
+
+def check_options(
+    label: str,
+    on_step: object = None,
+    events: object = None,
+    cancel: object = None,
+    cache: object = None,
+) -> None:
+    """Check the options of `run` before anything runs, naming the one that is wrong."""
+    wrong = [
+        (name, value, what)
+        for name, value, fits, what in (
+            ("on_step", on_step, callable, "a function taking an `mb.Step`"),
+            ("events", events, callable, "a function taking an `mb.Event` (an `mb.Report`)"),
+            ("cancel", cancel, lambda v: isinstance(v, CancelToken), "an `mb.CancelToken`"),
+            ("cache", cache, lambda v: isinstance(v, Cache), "an `mb.Cache`"),
+        )
+        if value is not None and not fits(value)
+    ]
+    if wrong:
+        name, value, what = wrong[0]
+        msg = f"`{label}.run({name}=...)` takes {what}, not {type(value).__name__} {value!r:.60}."
+        raise InputTypeError(msg, node=label, name=name)
 
 
 def check_values(node: Runnable, given: Mapping[str, Any]) -> None:

@@ -469,6 +469,12 @@ def map_pipeline(
         msg = f"`batch_size` must be a whole number of items, 1 or more; got {batch_size!r}."
         raise InputTypeError(msg, name="batch_size")
     pipe._check_output(output)  # a misspelt output fails here, not after every item ran
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        msg = (
+            f"`executor` is a `concurrent.futures.Executor` (threads, processes, Dask's "
+            f"`client.get_executor()`), not {type(executor).__name__} {executor!r:.60}."
+        )
+        raise InputTypeError(msg, name="executor")
     items = list(inputs)
     outcomes: dict[int, Outcome] = {}
     finished: list[int] = []  # indices in the order they finished

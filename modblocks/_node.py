@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import attrs
 
 from ._cachehook import cache_hooks
-from ._engine import CancelToken, OnStep, execute, run_plain
+from ._engine import CancelToken, OnStep, check_options, execute, run_plain
 from ._events import Event
 from ._names import check_identifier, did_you_mean, listed
 from ._paths import Path, parse
@@ -116,9 +116,12 @@ class Node:
     # -- composing -----------------------------------------------------------------------
 
     def __rshift__(self, other: Node) -> Sequential:
-        if not isinstance(cast("object", other), Node):
-            return NotImplemented
+        _check_node(other, f"`{self._label} >> ...`")
         return Sequential((self, other))
+
+    def __rrshift__(self, other: object) -> Sequential:
+        _check_node(other, f"`... >> {self._label}`")
+        raise AssertionError  # pragma: no cover - _check_node raised
 
     def named(self, name: str) -> Node:
         """Return a copy of this node called *name* (a named sequence stays one sub-block)."""
@@ -177,6 +180,7 @@ class Node:
 
     def replace(self, path: str | Path, node: Node) -> Node:
         """Return a copy with the sub-node at *path* replaced by *node* (which keeps its name)."""
+        _check_node(node, f"`{self._label}.replace(...)`")
         return self._edit(self._segments(path), ("replace", node))
 
     def insert(
@@ -192,6 +196,7 @@ class Node:
         Without either, a sequence gets *node* at its end. The path reaches inside loops and
         switches: ``sd.insert(clamp, after="text2img > denoise > scheduler_step")``.
         """
+        _check_node(node, f"`{self._label}.insert(...)`")
         if before is not None and after is not None:
             msg = "give `before=` or `after=`, not both."
             raise WiringError(msg, consumer=self._label)
@@ -381,6 +386,7 @@ class Node:
             and resume is None
         ):
             return run_plain(self, inputs)  # `inputs` is this call's own dict: it is handed over
+        check_options(self._label, on_step, events, cancel, cache)
         return execute(
             self,
             state,
@@ -430,6 +436,18 @@ class Node:
         from ._render import render_markdown
 
         return render_markdown(self)
+
+
+def _check_node(value: object, where: str) -> None:
+    """Raise `WiringError` unless *value* is a node, saying how to make one."""
+    if isinstance(value, Node):
+        return
+    if callable(value) and hasattr(value, "__code__"):
+        fix = f"Make `{getattr(value, '__name__', 'it')}` a block first: decorate it with `@mb.block`."
+    else:
+        fix = "Pass a block, a sequence, a switch or a loop."
+    msg = f"{where} takes nodes, not {type(value).__name__} {value!r:.60}. {fix}"
+    raise WiringError(msg)
 
 
 def _joined(target: Node, node: Node, where: Where, name: str | None) -> Node:

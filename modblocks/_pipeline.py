@@ -13,7 +13,7 @@ import attrs
 
 from ._cache import Cache, touch
 from ._cachehook import cache_hooks
-from ._engine import CancelToken, Hook, OnStep, execute
+from ._engine import CancelToken, Hook, OnStep, check_options, execute
 from ._events import Event
 from ._names import did_you_mean, listed
 from ._node import Node
@@ -115,6 +115,7 @@ class Pipeline:
         (the run's own copy of the scheduler) stay in, so ``resume=`` goes on with them.
         """
         self._check_given(inputs)
+        check_options(self.blocks._label, on_step, events, cancel)
         with self._stripping_errors(), self._mode():
             final = execute(
                 self.blocks,

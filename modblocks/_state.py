@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import attrs
 
-from .exceptions import FrozenStateError, InputTypeError
+from .exceptions import FrozenStateError, InputTypeError, UnknownValueError
 
 __all__ = ["State", "summarize"]
 
@@ -91,7 +91,10 @@ class State(Mapping[str, Any]):
         return state
 
     def __getitem__(self, name: str) -> Any:
-        return self._values[name]
+        try:
+            return self._values[name]
+        except KeyError:
+            raise self._unknown(name, f"state[{name!r}]") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._values
@@ -116,11 +119,15 @@ class State(Mapping[str, Any]):
         try:
             return self._values[name]
         except KeyError:
-            pass
-        close = difflib.get_close_matches(name, list(self._values), n=1)
+            raise self._unknown(name, f"state.{name}") from None
+
+    def _unknown(self, name: object, spelled: str) -> UnknownValueError:
+        names = list(self._values)
+        close = difflib.get_close_matches(str(name), names, n=1)
         hint = f" Did you mean `{close[0]}`?" if close else ""
-        msg = f"the state has no value `{name}`.{hint}"
-        raise AttributeError(msg, name=name, obj=self) from None
+        held = ", ".join(f"`{k}`" for k in names[:12]) + (", ..." if len(names) > 12 else "")
+        msg = f"`{spelled}`: the state has no value `{name}`.{hint} It holds: {held or 'nothing'}."
+        return UnknownValueError(msg, name=str(name))
 
     def evolve(self, mapping: Mapping[str, Any] | None = None, /, **changes: Any) -> State:
         """Return a new state with *changes* applied; this one is left as it is."""

@@ -32,6 +32,7 @@ __all__ = [
     "PathError",
     "UnknownInputError",
     "UnknownOutputError",
+    "UnknownValueError",
     "WiringError",
 ]
 
@@ -103,6 +104,16 @@ class UnknownOutputError(ModblocksError, KeyError):
     node: str | None = None
     names: tuple[str, ...] = ()
     state: Any = None
+
+
+class UnknownValueError(ModblocksError, KeyError, AttributeError):
+    """A `State` has no value of that name (``state["x"]``, ``state.x``); says the closest one.
+
+    A `KeyError` (as mappings raise) and an `AttributeError` (as attributes do), so
+    ``state.get``, ``in``, ``hasattr`` and ``getattr(state, name, default)`` work as usual.
+    """
+
+    name: str | None = None
 
 
 class OutputError(ModblocksError, TypeError):

@@ -24,6 +24,7 @@ BASES = {
     "FrozenStateError": (attrs.exceptions.FrozenInstanceError, AttributeError, TypeError),
     "BlockPicklingError": pickle.PicklingError,
     "CacheKeyError": ValueError,
+    "UnknownValueError": (KeyError, AttributeError),
 }
 WARNINGS = {"DefaultsWarning": UserWarning}
 
@@ -41,6 +42,7 @@ FIELDS = {
     "FrozenStateError": {"name": "x"},
     "BlockPicklingError": {"block": "f", "qualname": "m.<locals>.f"},
     "CacheKeyError": {"path": "a > f", "state": mb.State(x=1)},
+    "UnknownValueError": {"name": "latent"},
 }
 
 ERROR_CLASSES = [

@@ -661,3 +661,34 @@ def test_switch_inputs_take_what_any_branch_reads():
     assert sw.run(x=4, flag=True)["y"] == 4
     with pytest.raises(mb.InputTypeError):
         sw.run(x=2.5)
+
+
+def test_run_options_are_checked_before_anything_runs():
+    ran: list[int] = []
+
+    @mb.block(output="y")
+    def f(x: int) -> int:
+        ran.append(x)
+        return x
+
+    for option, value in (("on_step", 3), ("events", "log"), ("cancel", True), ("cache", {})):
+        with pytest.raises(mb.InputTypeError, match=f"run\\({option}=...\\)` takes") as info:
+            f.run(x=1, **{option: value})
+        assert info.value.name == option
+    assert ran == []
+
+
+def test_composing_a_plain_function_says_to_make_it_a_block():
+    @mb.block(output="y")
+    def f(x: int) -> int:
+        return x
+
+    def g(y: int) -> int:
+        return y
+
+    with pytest.raises(mb.WiringError, match="Make `g` a block first"):
+        f >> g  # type: ignore[operator]
+    with pytest.raises(mb.WiringError, match="Make `g` a block first"):
+        g >> f  # type: ignore[operator]
+    with pytest.raises(mb.WiringError, match="not int 3"):
+        f >> 3  # type: ignore[operator]

@@ -320,3 +320,18 @@ def test_state_says_how_to_change_it():
     assert isinstance(info.value, TypeError)
     assert state.evolve(a=2)["a"] == 2
     assert state["a"] == 1
+
+
+def test_state_names_the_closest_value_when_one_is_missing():
+    state = mb.State(latents=1, images=2)
+    with pytest.raises(mb.UnknownValueError, match="no value `latent`. Did you mean `latents`"):
+        state["latent"]
+    with pytest.raises(mb.UnknownValueError, match="Did you mean `images`") as info:
+        state.image
+    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, AttributeError)
+    assert (state.get("image"), getattr(state, "image", 0), hasattr(state, "image")) == (
+        None,
+        0,
+        False,
+    )
