@@ -461,15 +461,14 @@ def check_options(
     cache: object = None,
 ) -> None:
     """Check the options of `run` before anything runs, naming the one that is wrong."""
+    options: tuple[tuple[str, object, bool, str], ...] = (
+        ("on_step", on_step, callable(on_step), "a function taking an `mb.Step`"),
+        ("events", events, callable(events), "a function taking an `mb.Event` (an `mb.Report`)"),
+        ("cancel", cancel, isinstance(cancel, CancelToken), "an `mb.CancelToken`"),
+        ("cache", cache, isinstance(cache, Cache), "an `mb.Cache`"),
+    )
     wrong = [
-        (name, value, what)
-        for name, value, fits, what in (
-            ("on_step", on_step, callable, "a function taking an `mb.Step`"),
-            ("events", events, callable, "a function taking an `mb.Event` (an `mb.Report`)"),
-            ("cancel", cancel, lambda v: isinstance(v, CancelToken), "an `mb.CancelToken`"),
-            ("cache", cache, lambda v: isinstance(v, Cache), "an `mb.Cache`"),
-        )
-        if value is not None and not fits(value)
+        (name, value, what) for name, value, fits, what in options if value is not None and not fits
     ]
     if wrong:
         name, value, what = wrong[0]

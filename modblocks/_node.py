@@ -443,7 +443,8 @@ def _check_node(value: object, where: str) -> None:
     if isinstance(value, Node):
         return
     if callable(value) and hasattr(value, "__code__"):
-        fix = f"Make `{getattr(value, '__name__', 'it')}` a block first: decorate it with `@mb.block`."
+        name = getattr(value, "__name__", "it")
+        fix = f"Make `{name}` a block first: decorate it with `@mb.block`."
     else:
         fix = "Pass a block, a sequence, a switch or a loop."
     msg = f"{where} takes nodes, not {type(value).__name__} {value!r:.60}. {fix}"

@@ -324,7 +324,7 @@ def test_state_says_how_to_change_it():
 
 def test_state_names_the_closest_value_when_one_is_missing():
     state = mb.State(latents=1, images=2)
-    with pytest.raises(mb.UnknownValueError, match="no value `latent`. Did you mean `latents`"):
+    with pytest.raises(mb.UnknownValueError, match=r"no value `latent`\. Did you mean `latents`"):
         state["latent"]
     with pytest.raises(mb.UnknownValueError, match="Did you mean `images`") as info:
         state.image
