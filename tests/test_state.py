@@ -69,7 +69,7 @@ def test_state_missing_attribute_suggests_close_name():
     with pytest.raises(AttributeError, match=r"no value `promt`.*Did you mean `prompt`\?") as info:
         state.promt
     assert info.value.name == "promt"
-    assert not isinstance(info.value, KeyError)
+    assert isinstance(info.value, mb.UnknownValueError)  # as `state["promt"]` raises
     with pytest.raises(AttributeError, match=r"no value `zzz`") as info:
         state.zzz
     assert "Did you mean" not in str(info.value)
