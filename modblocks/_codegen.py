@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import linecache
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from ._failure import BLOCK, CANCELLED, MISSING, TYPE, Failure
 from ._paths import Segment
@@ -110,10 +110,12 @@ def _call_lines(plan: Call, tag: str) -> tuple[list[str], dict[str, Any]]:
             ns[f"d{tag}_{pos}"] = arg.default
             expr = f"v.get({arg.key!r}, d{tag}_{pos})"
         args.append(f"{arg.param}={expr}" if arg.keyword else expr)
-    lines.append(f"r = f{tag}({', '.join(args)})")
+    call = f"f{tag}({', '.join(args)})"
     if plan.single:
-        lines.append(f"v[{plan.outputs[0]!r}] = r")
-    elif plan.result is type(None):
+        lines.append(f"v[{plan.outputs[0]!r}] = {call}")
+        return lines, ns
+    lines.append(f"r = {call}")
+    if plan.result is type(None):
         lines.append(f"if r is not None: bad{tag}(r)")
     else:
         ns[f"T{tag}"] = plan.result
@@ -140,29 +142,47 @@ def _wrap_call(lines: list[str], hooked: bool) -> str:
 # -- sequences -----------------------------------------------------------------------------
 
 
-def _sequence(plan: Seq, *, hooked: bool) -> Any:
-    """A sequence: its blocks inlined (plain), or each child handed to the hooks (hooked)."""
-    ns: dict[str, Any] = {}
-    lines: list[str] = []
-    for k, child in enumerate(plan.children):
-        body: list[str] = [f"k = {k}"]
-        for j, (name, default) in enumerate(plan.feeds[k]):
-            ns[f"fd_{k}_{j}"] = default
-            body.append(f"if {name!r} not in v: v[{name!r}] = fd_{k}_{j}")
-        if hooked:
-            ns[f"P_{k}"] = child
-            ns[f"L_{k}"] = plan.labels[k]
-            body.append(f"u(P_{k}, L_{k}, v, sub if j == {k} else None)")
-            lines.append(f"if j <= {k}:")
-            lines += ["    " + line for line in body]
-        elif isinstance(child, Call):
-            call_lines, call_ns = _call_lines(child, f"_{k}")
-            ns.update(call_ns)
-            lines += body + call_lines
-        else:
-            ns[f"x_{k}"] = fast(child)
-            lines += [*body, f"x_{k}(v, run)"]
-    children, labels = plan.children, plan.labels
+class _Body:
+    """Lines of generated code, each remembering which child of a sequence it runs."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.lines: list[str] = []
+        self.owners: list[int] = []  # per line: the child it belongs to
+        self.ns = namespace
+
+    def add(self, owner: int, *lines: str) -> None:
+        self.lines += lines
+        self.owners += [owner] * len(lines)
+
+    def inline(self, plan: Seq | Call, prefix: str) -> None:
+        """The plain code of a block, or of a sequence of blocks, as straight-line lines."""
+        children: tuple[Plan, ...] = plan.children if isinstance(plan, Seq) else (plan,)
+        for k, child in enumerate(children):
+            tag = f"{prefix}_{k}"
+            if isinstance(plan, Seq):
+                for j, (name, default) in enumerate(plan.feeds[k]):
+                    self.ns[f"fd{tag}_{j}"] = default
+                    self.add(k, f"if {name!r} not in v: v[{name!r}] = fd{tag}_{j}")
+            if isinstance(child, Call):
+                call_lines, call_ns = _call_lines(child, tag)
+                self.ns.update(call_ns)
+                self.add(k, *call_lines)
+            else:
+                self.ns[f"x{tag}"] = fast(child)
+                self.add(k, f"x{tag}(v, run)")
+
+    def owner_of(self, first_line: int) -> dict[int, int]:
+        """Source line number → child, for lines starting at *first_line*."""
+        return {first_line + n: owner for n, owner in enumerate(self.owners)}
+
+
+def _inlinable(plan: Plan) -> bool:
+    """A block, or an anonymous sequence: code that can be pasted into its parent's."""
+    return isinstance(plan, Call) or (isinstance(plan, Seq) and not plan.node._named)
+
+
+def _attribute(children: tuple[Plan, ...], labels: tuple[str, ...]) -> Any:
+    """A function turning an exception raised by child *k* into its `Failure`, path and all."""
 
     def fail(exc: Exception, k: int, values: Values) -> Failure:
         if isinstance(exc, Failure):
@@ -173,6 +193,24 @@ def _sequence(plan: Seq, *, hooked: bool) -> Any:
             failure = Failure(BLOCK, exc, block=labels[k])
         return failure.add(labels[k])
 
+    return fail
+
+
+def _line(exc: BaseException) -> int:
+    """The line of the generated function where *exc* passed (the frame handling it)."""
+    tb = exc.__traceback__
+    assert tb is not None
+    return tb.tb_lineno
+
+
+def _sequence(plan: Seq, *, hooked: bool) -> Any:
+    """A sequence: its blocks inlined (plain), or each child handed to the hooks (hooked).
+
+    The plain function keeps no count of where it is: a failure finds its block from the line
+    of the generated code it passed through.
+    """
+    ns: dict[str, Any] = {}
+    fail = _attribute(plan.children, plan.labels)
     positions = plan.positions
 
     def enter(at: Cursor) -> tuple[int, Cursor | None]:
@@ -181,18 +219,33 @@ def _sequence(plan: Seq, *, hooked: bool) -> Any:
             return 0, None
         return positions[rest[0].name], (rest[0].step, rest[1:])
 
-    ns.update(fail=fail, enter=enter)
-    if hooked:
-        head = (
-            "def run(v, run, at):\n"
-            "    u = run.unit\n"
-            "    j, sub = (0, None) if at is None else enter(at)\n"
-            "    k = j\n"
+    ns.update(fail=fail, enter=enter, line=_line)
+    if not hooked:
+        body = _Body(ns)
+        body.inline(plan, "")
+        ns["owner"] = body.owner_of(3)  # the body starts on line 3: `def`, `try:`, then it
+        source = (
+            "def run(v, run):\n"
+            "    try:\n"
+            f"{_indent(body.lines, 2)}\n"
+            "    except Exception as exc:\n"
+            "        raise fail(exc, owner[line(exc)], v) from None\n"
         )
-    else:
-        head = "def run(v, run):\n    k = 0\n"
+        return _define(source, ns, plan, "sequence")
+    lines: list[str] = []
+    for k, child in enumerate(plan.children):
+        lines += [f"if j <= {k}:", f"    k = {k}"]
+        for j, (name, default) in enumerate(plan.feeds[k]):
+            ns[f"fd_{k}_{j}"] = default
+            lines.append(f"    if {name!r} not in v: v[{name!r}] = fd_{k}_{j}")
+        ns[f"P_{k}"] = child
+        ns[f"L_{k}"] = plan.labels[k]
+        lines.append(f"    u(P_{k}, L_{k}, v, sub if j == {k} else None)")
     source = (
-        f"{head}"
+        "def run(v, run, at):\n"
+        "    u = run.unit\n"
+        "    j, sub = (0, None) if at is None else enter(at)\n"
+        "    k = j\n"
         "    try:\n"
         f"{_indent(lines, 2)}\n"
         "    except Exception as exc:\n"
@@ -225,7 +278,7 @@ def _loop(plan: Repeat, *, hooked: bool) -> Any:
     over, index, item = plan.over, plan.index, plan.item
     hidden = [name for name in (index, item) if name is not None]
     ns: dict[str, Any] = {
-        "BODY": plan.body if hooked else fast(plan.body),
+        "BODY": plan.body if hooked else None,
         "BODY_LABEL": plan.body_label,
         "PLAN": plan,
         "OPTION": plan.progress,
@@ -249,27 +302,7 @@ def _loop(plan: Repeat, *, hooked: bool) -> Any:
     named = plan.body_label is not None
     add_body = "        f.add(BODY_LABEL)\n" if named else ""
     if not hooked:
-        step = [*sets, "BODY(v, run)", "if bar is not None: bar.update(1)"]
-        source = (
-            "def run(v, run):\n"
-            f"    if {over!r} not in v:\n"
-            f"        raise Failure(MISSING, names=({over!r},), node=PLAN.name)\n"
-            f"    items = v[{over!r}]\n"
-            "    total = length(items, PLAN)\n"
-            "    bar = open_bar(total, PLAN.name, OPTION)\n"
-            f"{saves}"
-            "    i = 0\n"
-            "    try:\n"
-            "        for i, element in enumerate(items):\n"
-            f"{_indent(step, 3)}\n"
-            "    except Failure as f:\n"
-            f"{add_body}"
-            "        raise f.at_step(i) from None\n"
-            "    finally:\n"
-            "        if bar is not None: bar.close()\n"
-            f"{restores}"
-        )
-        return _define(source, ns, plan, "loop")
+        return _plain_loop(plan, ns, sets, saves, restores)
     # The body's own cursor: past a named body's segment, or the path inside an anonymous one.
     sub = "(rest[0].step, rest[1:])" if named else "(None, rest)"
     step = [
@@ -311,6 +344,65 @@ def _loop(plan: Repeat, *, hooked: bool) -> Any:
         f"{restores}"
         "    if stop is not None:\n"
         "        raise Failure(CANCELLED).at_step(stop)\n"
+    )
+    return _define(source, ns, plan, "loop")
+
+
+def _plain_loop(
+    plan: Repeat, ns: dict[str, Any], sets: list[str], saves: str, restores: str
+) -> Any:
+    """The plain loop, with a body of blocks pasted into it: no call per step to get there.
+
+    A failure finds its block from the line it passed through, as in sequences; a body that
+    can't be pasted (a named sequence, a switch, a loop) is called.
+    """
+    over = plan.over
+    body = _Body(ns)
+    if _inlinable(plan.body):
+        body.inline(cast("Seq | Call", plan.body), "_b")
+        body_plan = plan.body
+        children = body_plan.children if isinstance(body_plan, Seq) else (body_plan,)
+        labels = body_plan.labels if isinstance(body_plan, Seq) else (plan.body_label or "",)
+        fail = _attribute(children, labels)
+    else:
+        ns["BODY"] = fast(plan.body)
+        body.add(-1, "BODY(v, run)")
+        fail = None
+    header = (
+        "def run(v, run):\n"
+        f"    if {over!r} not in v:\n"
+        f"        raise Failure(MISSING, names=({over!r},), node=PLAN.name)\n"
+        f"    items = v[{over!r}]\n"
+        "    total = length(items, PLAN)\n"
+        "    bar = open_bar(total, PLAN.name, OPTION)\n"
+        f"{saves}"
+        "    i = 0\n"
+        "    try:\n"
+        "        for i, element in enumerate(items):\n"
+        f"{_indent(sets, 3)}\n"
+    )
+    owner = body.owner_of(header.count("\n") + 1)
+
+    def step_failure(exc: Exception, at: int, values: Values, index: int) -> Failure:
+        k = owner.get(at, -1)
+        if k >= 0 and fail is not None:
+            failure: Failure = fail(exc, k, values)
+        else:  # the called body: it raised a Failure, with its own path
+            failure = exc if isinstance(exc, Failure) else Failure(BLOCK, exc, block=plan.name)
+            if plan.body_label is not None:
+                failure.add(plan.body_label)
+        return failure.at_step(index)
+
+    ns.update(step_failure=step_failure, line=_line)
+    source = (
+        f"{header}"
+        f"{_indent(body.lines, 3)}\n"
+        "            if bar is not None: bar.update(1)\n"
+        "    except Exception as exc:\n"
+        "        raise step_failure(exc, line(exc), v, i) from None\n"
+        "    finally:\n"
+        "        if bar is not None: bar.close()\n"
+        f"{restores}"
     )
     return _define(source, ns, plan, "loop")
 
