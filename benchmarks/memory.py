@@ -86,16 +86,21 @@ TEXT: dict[str, Any] = {
 def write_folder(folder: Path) -> None:
     """Write SD 1.5-shaped random models as a diffusers-format folder (once)."""
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+        StableDiffusionPipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from modblocks.diffusion.testing import tiny_scheduler, tiny_sd_components
 
     torch.manual_seed(0)
-    pipeline = StableDiffusionPipeline(
-        unet=UNet2DConditionModel(**UNET).eval(),
-        vae=AutoencoderKL(**VAE).eval(),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT)).eval(),
+    classic: Any = StableDiffusionPipeline  # diffusers types its optional parts as required
+    pipeline: Any = classic(
+        unet=UNet2DConditionModel(**UNET),
+        vae=AutoencoderKL(**VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT)),
         # The tiny CLIP tokenizer's ids are valid for the real vocabulary too.
         tokenizer=tiny_sd_components()["tokenizer"],
         scheduler=tiny_scheduler("pndm"),
@@ -122,19 +127,20 @@ def run_contender(name: str, folder: Path, size: int, steps: int, out: Path) -> 
         "generator": torch.Generator().manual_seed(0),
     }
     if name == "diffusers":
-        from diffusers import StableDiffusionPipeline
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+            StableDiffusionPipeline,
+        )
 
-        classic = StableDiffusionPipeline.from_pretrained(folder)
+        classic: Any = StableDiffusionPipeline.from_pretrained(folder)
         classic.set_progress_bar_config(disable=True)
         loaded = time.perf_counter()
-        images = classic(**call).images
+        images: Any = classic(**call).images
     else:
         import modblocks as mb
         from modblocks.diffusion import text2img
 
-        options: dict[str, Any] = {"lazy": {"lazy": True}, "disk": {"offload": "disk"}}.get(
-            name, {}
-        )
+        choices: dict[str, dict[str, Any]] = {"lazy": {"lazy": True}, "disk": {"offload": "disk"}}
+        options = choices.get(name, {})
         pipe = mb.Pipeline.from_pretrained(folder, text2img, **options)
         loaded = time.perf_counter()
         with mb.progress(disable=True):
@@ -171,7 +177,7 @@ def measure(name: str, folder: Path, size: int, steps: int, out: Path) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
     parser.add_argument("--size", type=int, default=128, help="image height and width")
     parser.add_argument("--steps", type=int, default=2)
@@ -205,18 +211,18 @@ def main(argv: list[str] | None = None) -> None:
                 result["image"] = np.load(out)
                 runs[name].append(result)
     base_image = runs["diffusers"][0]["image"].astype(np.float64)
-    base_peak = statistics.median(r["peak"] for r in runs["diffusers"])
-    rows = []
+    base_peak = statistics.median(float(r["peak"]) for r in runs["diffusers"])
+    rows: list[list[str]] = []
     for name, label in CONTENDERS.items():
-        peak = statistics.median(r["peak"] for r in runs[name])
+        peak = statistics.median(float(r["peak"]) for r in runs[name])
         diff = max(float(np.abs(r["image"] - base_image).max()) for r in runs[name])
         rows.append(
             [
                 label,
                 f"{peak / 2**30:.2f} GB",
                 f"{peak / base_peak:.2f}x",
-                f"{statistics.median(r['load'] for r in runs[name]):.1f} s",
-                f"{statistics.median(r['call'] for r in runs[name]):.1f} s",
+                f"{statistics.median(float(r['load']) for r in runs[name]):.1f} s",
+                f"{statistics.median(float(r['call']) for r in runs[name]):.1f} s",
                 f"{diff:.1e}",
             ]
         )

@@ -194,10 +194,11 @@ class Components(Mapping[str, Any]):
 
     def info(self) -> tuple[ComponentInfo, ...]:
         """One `ComponentInfo` per component: class, loaded, size, device, dtype, users, source."""
-        rows = []
+        rows: list[ComponentInfo] = []
         for name in self:
             value = self._items[name]
             source = self._source_name(name)
+            row: tuple[str, bool, int, str | None, str | None]
             if type(value) is Lazy:
                 inner = value.value
                 cls = value.source.class_name

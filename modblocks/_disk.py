@@ -55,7 +55,16 @@ class _Group:
     uses: int = 0
     nbytes: int = 0
 
+    def before(self, *_: object) -> None:
+        """The module's forward pre-hook: read the group in."""
+        self.load()
+
+    def after(self, *_: object) -> None:
+        """The module's forward hook (also when the forward raised): drop the group."""
+        self.drop()
+
     def load(self) -> None:
+        """Read the group's weights from the files (the first of nested or concurrent uses)."""
         from safetensors import safe_open
 
         with self.lock:
@@ -67,7 +76,8 @@ class _Group:
                 by_file.setdefault(self.files[slot.key], []).append(slot)
             for path, slots in by_file.items():
                 # A map per load: dropping the group's tensors unmaps the pages it read.
-                with safe_open(str(path), framework="pt", device="cpu") as handle:
+                opened: Any = safe_open(str(path), framework="pt", device="cpu")
+                with opened as handle:
                     for slot in slots:
                         tensor = self._placed(handle.get_tensor(slot.key))
                         _set(slot, tensor)
@@ -82,6 +92,7 @@ class _Group:
         return tensor.to(self.device)
 
     def drop(self) -> None:
+        """Put the one-element stand-ins back (the last of nested or concurrent uses)."""
         with self.lock:
             self.uses -= 1
             if self.uses > 0:
@@ -147,9 +158,10 @@ def _file_index(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...], str
 
     index: dict[str, tuple[Path, tuple[int, ...], str]] = {}
     for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        opened: Any = safe_open(str(path), framework="pt", device="cpu")
+        with opened as handle:
             for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                sliced = handle.get_slice(key)
+                sliced: Any = handle.get_slice(key)
                 index[key] = (path, tuple(sliced.get_shape()), str(sliced.get_dtype()))
     return index
 
@@ -207,8 +219,8 @@ def streamed(
             dtype = target if target is not None and tensor.is_floating_point() else tensor.dtype
             _set(slot, torch.zeros((), dtype=dtype, device=device).expand(tensor.shape))
             on_disk.add((id(slot.holder), slot.attr))
-        module.register_forward_pre_hook(lambda *_, g=group: g.load())
-        module.register_forward_hook(lambda *_, g=group: g.drop(), always_call=True)
+        module.register_forward_pre_hook(group.before)
+        module.register_forward_hook(group.after, always_call=True)
     _settle(model, on_disk, device, target)
     return model
 

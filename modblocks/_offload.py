@@ -357,7 +357,7 @@ class GroupOffload(Placement):
 
     def _apply(self, model: Any) -> None:
         import torch
-        from diffusers.hooks import apply_group_offloading
+        from diffusers.hooks.group_offloading import apply_group_offloading
 
         device = self.device if self.device is not None else default_device()
         blocks = self.num_blocks_per_group

@@ -714,7 +714,7 @@ def _instance_of(value: Any, spec: InputSpec) -> bool:
 
 
 def _wrong_type(spec: InputSpec, value: Any, kind: str) -> str:
-    shown = value.cls if type(value) is Lazy else type(value)
+    shown: Any = value.cls if type(value) is Lazy else type(cast("object", value))
     return (
         f"  - {kind} `{spec.name}` must be {type_name(spec.type)}, "
         f"got {type_name(shown)}: {summarize(value)}"

@@ -80,16 +80,16 @@ def sources_of(
     configs = {k: v for k, v in index.items() if _is_config_value(v) and not k.startswith("_")}
     found: dict[str, Source | None] = {}
     for name in names:
-        entry = index.get(name)
-        if not isinstance(entry, list) or len(entry) not in (2, 3):
+        parts = cast("list[Any] | None", index.get(name))
+        if not isinstance(parts, list) or len(parts) not in (2, 3):
             continue
-        library, class_name = cast("list[Any]", entry)[:2]
+        library, class_name = parts[:2]
         if library is None or class_name is None:
             found[name] = None
             continue
         where: dict[str, Any] = {"repo": repo, "subfolder": prefix + name, "revision": revision}
-        if modular and len(entry) == 3:
-            spec = cast("dict[str, Any]", entry[2])
+        if modular and len(parts) == 3:
+            spec = cast("dict[str, Any]", parts[2])
             where = _modular_location(spec, root, prefix, where, local=local)
             if where["repo"] is None:
                 found[name] = None

@@ -64,7 +64,7 @@ def resolve_repo(
         )
         raise LoadError(msg, path=text)
     try:
-        from huggingface_hub import snapshot_download
+        hub: Any = importlib.import_module("huggingface_hub")
     except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers
         msg = (
             f"`{text}` is a Hub id: install `huggingface_hub` to load it (`pip install diffusers`)."
@@ -79,13 +79,12 @@ def resolve_repo(
     if local_files_only is not None:
         options["local_files_only"] = local_files_only
     try:
-        return Path(snapshot_download(text, **options))
+        return Path(hub.snapshot_download(text, **options))
     except Exception as exc:
-        where = "the local Hugging Face cache (`HF_HUB_CACHE`)"
         msg = (
-            f"`{text}` is not a folder here, and {where} can't give it "
-            f"({type(exc).__name__}). Download it once with network access "
-            f"(`huggingface_hub.snapshot_download({text!r})`), or point to a local folder."
+            f"`{text}` is not a folder here, and huggingface_hub can't give it "
+            f"({type(exc).__name__}: {exc}). Check the Hub id, download it once with network "
+            f"access (`huggingface_hub.snapshot_download({text!r})`), or give a local folder."
         )
         raise LoadError(msg, path=text) from exc
 

@@ -17,21 +17,22 @@ __all__ = ["unwrapped", "wrapped_classes"]
 _MAX_DEPTH = 8  # wrappers of wrappers (compiled PEFT model ...); a cycle stops here
 
 
-def _inner(value: Any) -> Any:
+def _inner(value: object) -> Any:
     """The model *value* wraps, or None."""
-    attributes = vars(value) if hasattr(value, "__dict__") else {}
-    modules = attributes.get("_modules") or {}
+    attributes: dict[str, Any] = vars(value) if hasattr(value, "__dict__") else {}
+    modules: dict[str, Any] = attributes.get("_modules") or {}
     for name in ("_orig_mod", "module", "_wrapped"):  # torch.compile, DataParallel, quanto
-        inner = modules.get(name) if name in modules else attributes.get(name)
+        inner: Any = modules.get(name) if name in modules else attributes.get(name)
         if inner is not None and (name != "module" or _is_parallel(value)):
             return inner
-    base = getattr(type(value), "get_base_model", None)  # PEFT's PeftModel
-    if base is not None and type(value).__module__.startswith("peft."):
+    cls = type(value)
+    base: Any = getattr(cls, "get_base_model", None)  # PEFT's PeftModel
+    if base is not None and cls.__module__.startswith("peft."):
         return base(value)
     return None
 
 
-def _is_parallel(value: Any) -> bool:
+def _is_parallel(value: object) -> bool:
     return any(
         cls.__name__ in ("DataParallel", "DistributedDataParallel") for cls in type(value).__mro__
     )
@@ -52,12 +53,13 @@ def unwrapped(value: Any) -> Any:
     return value
 
 
-def wrapped_classes(value: Any) -> list[type]:
+def wrapped_classes(value: object) -> list[type[object]]:
     """The classes of *value* and of every model inside it, outermost first."""
-    classes: list[type] = [type(value)]
+    classes: list[type[object]] = []
+    inner: object = value
     for _ in range(_MAX_DEPTH):
-        value = _inner(value)
-        if value is None:
+        classes.append(type(inner))
+        inner = _inner(inner)
+        if inner is None:
             break
-        classes.append(type(value))
     return classes
