@@ -4,9 +4,12 @@ Each section triggers one error class of `modblocks.exceptions` on purpose and p
 ``ClassName: message``.
 """
 
+import os
 import pickle
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import modblocks as mb
@@ -130,8 +133,41 @@ def compose_two_defaults() -> None:
 
 
 def load_from_the_hub() -> None:
-    """Load components from a Hub id: only local diffusers-format folders are read."""
-    mb.Pipeline.from_pretrained("runwayml/stable-diffusion-v1-5", prepare_latents)
+    """Load components from a Hub id that is not in the local cache, offline."""
+    mb.Pipeline.from_pretrained(
+        "runwayml/stable-diffusion-v1-5", prepare_latents, local_files_only=True
+    )
+
+
+def free_a_component_in_use() -> None:
+    """Ask a registry to free a model that a pipeline still binds."""
+
+    @mb.block(output="y")
+    def scale(x: float, weight: mb.Component[float]) -> float:
+        return x * weight
+
+    registry = mb.Components({"weight": 2.0})
+    pipe = mb.Pipeline(scale, components=registry)
+    registry.free("weight")
+    del pipe
+
+
+def load_shared_blocks(trust: bool, pin: str | None = None) -> Callable[[], object]:
+    """Load a folder of blocks (written here) without trust, or pinned to other code."""
+
+    def load() -> object:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch) / "style"
+            folder.mkdir()
+            (folder / "blocks.py").write_text("import modblocks as mb\n")
+            cwd = Path.cwd()
+            os.chdir(scratch)  # so the message shows the folder as the caller named it
+            try:
+                return mb.load_blocks("style", trust_remote_code=trust, pin=pin)
+            finally:
+                os.chdir(cwd)
+
+    return load
 
 
 def map_with_a_failing_item() -> None:
@@ -152,6 +188,9 @@ if __name__ == "__main__":
     show(lambda: text2img.run(batch_size=2, timesteps=[1000, 750, 500, 250]))
     show(cancel_during_the_loop)
     show(load_from_the_hub)
+    show(free_a_component_in_use)
+    show(load_shared_blocks(trust=False))
+    show(load_shared_blocks(trust=True, pin="sha256:" + "0" * 64))
     show(map_with_a_failing_item)
     show(resume_at_a_misspelt_block)
     show(lambda: text2img.run(batch_size=2, timesteps=1000))

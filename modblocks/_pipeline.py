@@ -13,14 +13,18 @@ import attrs
 
 from ._cache import Cache, touch
 from ._cachehook import cache_hooks
+from ._components import Components
 from ._engine import CancelToken, Hook, OnStep, check_options, execute
 from ._events import Event
+from ._lazy import Lazy
 from ._names import did_you_mean, listed
 from ._node import Node
+from ._offload import DiskOffload, Placement, placement_for
 from ._paths import Path
 from ._specs import InputSpec
 from ._state import State, summarize
 from ._typecheck import is_compatible, type_name
+from ._wrapped import wrapped_classes
 from .exceptions import (
     MissingInputError,
     ModblocksError,
@@ -34,6 +38,29 @@ __all__ = ["Pipeline"]
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
+
+
+class _FromRegistry(Mapping[str, Any]):
+    """A registry's components as a pipeline first sees them (it attaches to the registry)."""
+
+    def __init__(self, registry: Components) -> None:
+        self.registry = registry
+        self._items = MappingProxyType(dict(registry))
+
+    def __getitem__(self, name: str) -> Any:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _bound_components(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if isinstance(value, Components):
+        return _FromRegistry(value)
+    return _frozen_mapping(value)
 
 
 def _hook_tuple(hooks: Iterable[Hook]) -> tuple[Hook, ...]:
@@ -57,9 +84,15 @@ class Pipeline:
         inference_mode: run under `torch.inference_mode()` (the default), as diffusers does.
         cache: a `Cache` that serves unchanged blocks instead of running them again (change
             the seed and only what depends on the generator runs).
-        hooks: hooks run around every unit of every run (`Hook`: offloading policies ...).
+        hooks: hooks run around every unit of every run (`Hook`).
         check_types: check each input's value against the type its first reader declares
             before anything runs (about 0.1 µs an input); False skips it, for hot loops.
+        offload: where models are while blocks run: ``"model"`` (each model on the device
+            only while its block runs), ``"sequential"`` (layer by layer, diffusers' group
+            offloading), ``"disk"`` (lazy models read from their folders layer group by
+            layer group), a policy (`ModelOffload`, `GroupOffload`, `DiskOffload`), or None
+            (models stay where they are; `Lazy` components load on first use).
+        components: also a `Components` registry, whose components the pipeline binds by name.
 
     Examples:
         ``pipe = mb.Pipeline(text2img, components={"unet": unet, ...})`` then
@@ -67,14 +100,18 @@ class Pipeline:
     """
 
     blocks: Node
-    components: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_frozen_mapping)
+    components: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_bound_components)
     configs: Mapping[str, Any] = attrs.field(factory=dict[str, Any], converter=_frozen_mapping)
     inference_mode: bool = True
     cache: Cache | None = None
     hooks: tuple[Hook, ...] = attrs.field(default=(), converter=_hook_tuple)
     check_types: bool = True
+    offload: str | Placement | None = None
 
     def __attrs_post_init__(self) -> None:
+        registry = getattr(self.components, "registry", None)
+        if registry is not None:
+            object.__setattr__(self, "components", _frozen_mapping(self.components))
         _check_bindings(self.blocks, self.components, self.configs, extra_components=True)
         if "output" in self.blocks._iface.accepted:
             msg = (
@@ -93,6 +130,11 @@ class Pipeline:
         self.__dict__["_bound"] = bound
         accepted = self.blocks._iface.accepted - self.components.keys()
         self.__dict__["_accepted"] = accepted
+        placement = placement_for(self.offload, self.components)
+        self.__dict__["_placement"] = () if placement is None else (placement,)
+        self.__dict__["_registry"] = registry
+        if registry is not None:
+            registry.attach(self)
 
     # -- running -------------------------------------------------------------------------
 
@@ -131,8 +173,15 @@ class Pipeline:
             )
         return self._strip(final)
 
+    @property
+    def placement(self) -> Placement | None:
+        """The policy placing the components (from ``offload=``, or lazy loading), or None."""
+        found: tuple[Placement, ...] = self.__dict__["_placement"]
+        return found[0] if found else None
+
     def _hooks(self) -> tuple[Hook, ...]:
-        return (*cache_hooks(self.cache), *self.hooks)
+        # The policy is innermost: a unit the cache serves, or a hook skips, loads nothing.
+        return (*cache_hooks(self.cache), *self.hooks, *self.__dict__["_placement"])
 
     @contextlib.contextmanager
     def _stripping_errors(self) -> Generator[None]:
@@ -285,19 +334,31 @@ class Pipeline:
         _check_bindings(self.blocks, {**self.components, **components}, self.configs)
         for component in components.values():
             touch(component)  # a swapped-in object may have been used (and cached) before
-        return attrs.evolve(self, components={**self.components, **components})
+        return self._evolve(components={**self.components, **components})
 
     def with_configs(self, **configs: Any) -> Pipeline:
         """Return a new pipeline with some configs changed."""
-        return attrs.evolve(self, configs={**self.configs, **configs})
+        return self._evolve(configs={**self.configs, **configs})
+
+    def _evolve(self, **changes: Any) -> Pipeline:
+        new = attrs.evolve(self, **changes)
+        registry: Components | None = self.__dict__["_registry"]
+        if registry is not None:  # the new pipeline uses the registry's components too
+            new.__dict__["_registry"] = registry
+            registry.attach(new)
+        return new
 
     def to(self, device: Any = None, dtype: Any = None) -> Pipeline:
         """Move the components that are torch modules to *device* and/or *dtype*.
 
         Like ``torch.nn.Module.to`` (and diffusers' ``pipe.to``) the modules move in place;
-        the pipeline is returned for chaining.
+        the pipeline is returned for chaining. A `Lazy` component moves when it loads.
         """
         for component in self.components.values():
+            if type(component) is Lazy:
+                component.to(device, dtype)
+                touch(component)
+                continue
             move = getattr(component, "to", None)
             if move is None or not hasattr(component, "parameters"):
                 continue
@@ -310,6 +371,21 @@ class Pipeline:
 
     # -- adapters (the logic is in modblocks.diffusion.lora; imported here lazily) ---------
 
+    def _loaded(self) -> Pipeline:
+        """This pipeline with its `Lazy` components loaded: adapters change the models in place."""
+        if not any(type(v) is Lazy for v in self.components.values()):
+            return self
+        if isinstance(self.placement, DiskOffload):
+            msg = (
+                "adapters change the models in place, and with `offload='disk'` the models are "
+                "read from their folders again on every use. Load the adapter into a pipeline "
+                "without disk offloading (`offload='model'` saves GPU memory), or fuse it and "
+                "save the models first."
+            )
+            raise ModblocksError(msg)
+        loaded = {k: v.get() if type(v) is Lazy else v for k, v in self.components.items()}
+        return attrs.evolve(self, components=loaded)
+
     def load_lora_weights(
         self, path_or_state_dict: Any, adapter_name: str | None = None, **kwargs: Any
     ) -> None:
@@ -320,25 +396,25 @@ class Pipeline:
         """
         from .diffusion import lora
 
-        lora.load_lora_weights(self, path_or_state_dict, adapter_name, **kwargs)
+        lora.load_lora_weights(self._loaded(), path_or_state_dict, adapter_name, **kwargs)
 
     def set_adapters(self, adapter_names: str | Sequence[str], adapter_weights: Any = None) -> None:
         """Activate the named LoRA adapters, with a weight each (1.0 if not given)."""
         from .diffusion import lora
 
-        lora.set_adapters(self, adapter_names, adapter_weights)
+        lora.set_adapters(self._loaded(), adapter_names, adapter_weights)
 
     def get_active_adapters(self) -> list[str]:
         """Return the names of the LoRA adapters in use."""
         from .diffusion import lora
 
-        return lora.get_active_adapters(self)
+        return lora.get_active_adapters(self._loaded())
 
     def unload_lora_weights(self) -> None:
         """Remove every LoRA adapter from the models."""
         from .diffusion import lora
 
-        lora.unload_lora_weights(self)
+        lora.unload_lora_weights(self._loaded())
 
     def fuse_lora(
         self, lora_scale: float = 1.0, adapter_names: Sequence[str] | None = None
@@ -346,13 +422,13 @@ class Pipeline:
         """Merge the active (or named) LoRA adapters into the models' weights."""
         from .diffusion import lora
 
-        lora.fuse_lora(self, lora_scale, adapter_names)
+        lora.fuse_lora(self._loaded(), lora_scale, adapter_names)
 
     def unfuse_lora(self) -> None:
         """Take fused LoRA adapters back out of the models' weights."""
         from .diffusion import lora
 
-        lora.unfuse_lora(self)
+        lora.unfuse_lora(self._loaded())
 
     def load_ip_adapter(self, path_or_state_dict: Any, **kwargs: Any) -> None:
         """Load IP-Adapter weights into the UNet, in place (see `modblocks.diffusion.ip_adapter`).
@@ -361,19 +437,19 @@ class Pipeline:
         """
         from .diffusion import ip_adapter
 
-        ip_adapter.load_ip_adapter(self, path_or_state_dict, **kwargs)
+        ip_adapter.load_ip_adapter(self._loaded(), path_or_state_dict, **kwargs)
 
     def set_ip_adapter_scale(self, scale: Any) -> None:
         """Weight the loaded IP-Adapter(s): one number, one per adapter, or per block."""
         from .diffusion import ip_adapter
 
-        ip_adapter.set_ip_adapter_scale(self, scale)
+        ip_adapter.set_ip_adapter_scale(self._loaded(), scale)
 
     def unload_ip_adapter(self) -> None:
         """Remove the IP-Adapter(s) from the UNet."""
         from .diffusion import ip_adapter
 
-        ip_adapter.unload_ip_adapter(self)
+        ip_adapter.unload_ip_adapter(self._loaded())
 
     # -- loading and saving ----------------------------------------------------------------
 
@@ -388,46 +464,122 @@ class Pipeline:
         components: Mapping[str, Any] | None = None,
         configs: Mapping[str, Any] | None = None,
         inference_mode: bool = True,
+        lazy: bool = False,
+        offload: str | Placement | None = None,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        use_safetensors: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool | None = None,
+        cache: Cache | None = None,
+        hooks: Iterable[Hook] = (),
     ) -> Pipeline:
-        """Load the components *blocks* declare from a local diffusers-format folder.
+        """Load the components *blocks* declare from a diffusers-format folder or Hub repo.
 
-        The folder holds ``model_index.json`` and a subfolder per component, as written by
-        diffusers' ``save_pretrained`` or `save_pretrained`. Components given in *components*
-        are used as they are instead of being loaded. Configs the blocks declare are read from
-        ``model_index.json`` when it sets them (as diffusers pipelines register theirs), and
-        *configs* overrides them. *torch_dtype* and *variant* (``"fp16"`` for weights saved
-        as ``*.fp16.safetensors``) apply to the models, as in diffusers.
+        The repo holds ``modular_model_index.json`` (diffusers' modular repos: each component
+        may live in another repo) or ``model_index.json`` and a subfolder per component, as
+        written by diffusers' ``save_pretrained`` or `save_pretrained`. Configs the blocks
+        declare are read from the index when it sets them (as diffusers pipelines register
+        theirs), and *configs* overrides them.
+
+        Args:
+            path: a local folder, or a Hugging Face Hub id (``"org/name"``) fetched with
+                ``huggingface_hub``, read from its cache when offline.
+            blocks: the node to run.
+            torch_dtype: the dtype of the models, or a dict per component with a
+                ``"default"``: ``{"unet": torch.float16, "default": torch.float32}``.
+            variant: the weights variant (``"fp16"`` for ``*.fp16.safetensors``), as in diffusers.
+            components: components to use as they are instead of loading them; or a
+                `Components` registry, which gives what it holds from the same place and
+                keeps what is loaded, to share it with other pipelines.
+            configs: config values that override the index's.
+            inference_mode: run under `torch.inference_mode()`.
+            lazy: bind a `Lazy` per component, loaded when a block first reads it.
+            offload: where models are while blocks run (see `Pipeline`); ``"disk"`` implies
+                *lazy*.
+            subfolder: the pipeline's folder inside the repo.
+            revision: the Hub revision (branch, tag or commit).
+            use_safetensors: load only safetensors weights (the default); pickle weights can
+                run code, so they load only with False.
+            cache_dir: the Hugging Face cache to read Hub ids from.
+            local_files_only: never reach the Hub (None: ``HF_HUB_OFFLINE`` decides).
+            cache: a `Cache` for the pipeline.
+            hooks: hooks for the pipeline.
         """
         from ._pretrained import load_pretrained
 
-        given = dict(components or {})
+        registry = components if isinstance(components, Components) else None
+        given = {} if registry is not None else dict(components or {})
         wanted = [s for s in blocks.components if s.name not in given]
+        lazy = lazy or offload == "disk" or isinstance(offload, DiskOffload)
         loaded, found = load_pretrained(
-            path, wanted, blocks.configs, torch_dtype=torch_dtype, variant=variant
+            path,
+            wanted,
+            blocks.configs,
+            lazy=lazy,
+            shared=None if registry is None else registry.shared,
+            torch_dtype=torch_dtype,
+            variant=variant,
+            subfolder=subfolder,
+            revision=revision,
+            use_safetensors=use_safetensors,
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            local_files_only=local_files_only,
         )
-        return cls(
+        if registry is not None:
+            for name, value in loaded.items():
+                registry.add(name, value)
+        pipe = cls(
             blocks,
             components={**loaded, **given},
             configs={**found, **(configs or {})},
             inference_mode=inference_mode,
+            cache=cache,
+            hooks=tuple(hooks),
+            offload=offload,
         )
+        if registry is not None:
+            pipe.__dict__["_registry"] = registry
+            registry.attach(pipe)
+        return pipe
 
     def save_pretrained(
-        self, path: str | os.PathLike[str], *, pipeline_class: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        pipeline_class: str | None = None,
+        modular: bool = False,
+        reference: bool = False,
     ) -> None:
         """Write the components as a diffusers-format folder that diffusers can load back.
 
-        The bound configs are written to ``model_index.json``, so `from_pretrained` restores
-        them.
+        The bound configs are written to the index, so `from_pretrained` restores them.
 
         Args:
             path: the folder to write (created if needed).
-            pipeline_class: the diffusers pipeline class named in ``model_index.json`` (e.g.
+            pipeline_class: the diffusers pipeline class named in the index (e.g.
                 ``"StableDiffusionPipeline"``), so ``DiffusionPipeline.from_pretrained`` works.
+            modular: write diffusers' modular ``modular_model_index.json`` instead of
+                ``model_index.json``.
+            reference: with *modular*, record components loaded from a folder or Hub repo by
+                where they live instead of copying their weights.
         """
         from ._pretrained import save_components
 
-        save_components(path, self.components, configs=self.configs, pipeline_class=pipeline_class)
+        if reference and not modular:
+            msg = (
+                "`reference=True` records where components live, which only "
+                "`modular_model_index.json` can say: pass `modular=True` too."
+            )
+            raise ModblocksError(msg)
+        save_components(
+            path,
+            self.components,
+            configs=self.configs,
+            pipeline_class=pipeline_class,
+            modular=modular,
+            reference=reference,
+        )
 
     # -- documentation ---------------------------------------------------------------------
 
@@ -445,7 +597,7 @@ class Pipeline:
         # By value, like composite nodes: the read-only views of components and configs don't
         # pickle themselves, and a cache travels as an empty one with the same settings.
         values = (dict(self.components), dict(self.configs), self.inference_mode, self.cache)
-        return (_unpickle, (self.blocks, *values, self.hooks, self.check_types))
+        return (_unpickle, (self.blocks, *values, self.hooks, self.check_types, self.offload))
 
     def __repr__(self) -> str:
         comps = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
@@ -466,6 +618,7 @@ def _unpickle(
     cache: Cache | None,
     hooks: tuple[Hook, ...] = (),
     check_types: bool = True,
+    offload: str | Placement | None = None,
 ) -> Pipeline:
     return Pipeline(
         blocks,
@@ -475,6 +628,7 @@ def _unpickle(
         cache=cache,
         hooks=hooks,
         check_types=check_types,
+        offload=offload,
     )
 
 
@@ -558,13 +712,18 @@ def _names(names: Any) -> str:
 
 
 def _instance_of(value: Any, spec: InputSpec) -> bool:
+    """Whether *value* may be bound to *spec*: also a lazy or wrapped model of its type."""
     if value is None and not spec.required and spec.default is None:
         return True
-    return is_compatible(type(value), spec.type)
+    if type(value) is Lazy:
+        return is_compatible(value.cls, spec.type)
+    # torch.compile's OptimizedModule, PEFT's PeftModel ...: the model inside counts.
+    return any(is_compatible(cls, spec.type) for cls in wrapped_classes(value))
 
 
 def _wrong_type(spec: InputSpec, value: Any, kind: str) -> str:
+    shown: Any = value.cls if type(value) is Lazy else type(cast("object", value))
     return (
         f"  - {kind} `{spec.name}` must be {type_name(spec.type)}, "
-        f"got {type_name(type(value))}: {summarize(value)}"
+        f"got {type_name(shown)}: {summarize(value)}"
     )

@@ -1,34 +1,143 @@
-"""Load and save components as a local diffusers-format folder (``model_index.json``)."""
+"""Load and save components as diffusers-format repos, local folders or Hub ids.
+
+``model_index.json`` maps each component to ``[library, class]``, its files in the
+subfolder of the same name. diffusers' modular repos write ``modular_model_index.json``
+instead, mapping each component to ``[library, class, spec]`` where the spec says where it
+lives (``pretrained_model_name_or_path``, ``subfolder``, ``variant``, ``revision``): a repo
+may take its VAE from another one. Both are read (the modular one first, as diffusers
+does) and both can be written.
+"""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
+
+from ._lazy import Lazy
+from ._sources import Source, dtype_name, resolve_repo
 from ._specs import InputSpec
-from .exceptions import MissingInputError, ModblocksError
+from ._wrapped import unwrapped
+from .exceptions import LoadError, MissingInputError, ModblocksError
 
-__all__ = ["load_pretrained", "save_components"]
+__all__ = ["INDEX", "MODULAR_INDEX", "load_pretrained", "save_components", "sources_of"]
 
-_INDEX = "model_index.json"
+INDEX = "model_index.json"
+MODULAR_INDEX = "modular_model_index.json"
 
 
-def _read_index(folder: Path) -> dict[str, Any]:
-    index_file = folder / _INDEX
-    if not index_file.is_file():
-        msg = (
-            f"`{folder}` is not a diffusers-format folder: it has no `{_INDEX}`. Point to the "
-            "folder written by `save_pretrained` (local folders only: nothing is downloaded)."
+def _read_index(root: Path, shown: str) -> tuple[dict[str, Any], bool]:
+    """The repo's index and whether it is the modular one."""
+    for name, modular in ((MODULAR_INDEX, True), (INDEX, False)):
+        index_file = root / name
+        if index_file.is_file():
+            index: dict[str, Any] = json.loads(index_file.read_text(encoding="utf-8"))
+            return index, modular
+    msg = (
+        f"`{shown}` is not a diffusers-format folder: it has no `{INDEX}` (nor "
+        f"`{MODULAR_INDEX}`). Point to the folder written by `save_pretrained`, or to a Hub "
+        "repo that has one."
+    )
+    raise LoadError(msg, path=shown)
+
+
+def sources_of(
+    path: str | os.PathLike[str],
+    names: Sequence[str],
+    *,
+    subfolder: str | None = None,
+    torch_dtype: Any = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    use_safetensors: bool = True,
+    cache_dir: str | None = None,
+    local_files_only: bool | None = None,
+) -> tuple[dict[str, Source | None], dict[str, Any]]:
+    """Where each of *names* lives in the repo at *path*, and the plain config values it sets.
+
+    A name the index lists as ``[null, null]`` (an optional part left out) maps to None; a
+    name it doesn't list is absent.
+    """
+    text = os.fspath(path)
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    patterns = [prefix + MODULAR_INDEX, prefix + INDEX]
+    root = resolve_repo(
+        text,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        allow_patterns=patterns,
+        use_safetensors=use_safetensors,
+    )
+    index, modular = _read_index(root / prefix if prefix else root, text + "/" + prefix.rstrip("/"))
+    local = Path(text).expanduser().is_dir()
+    repo = str(Path(text).expanduser().resolve()) if local else text
+    configs = {k: v for k, v in index.items() if _is_config_value(v) and not k.startswith("_")}
+    found: dict[str, Source | None] = {}
+    for name in names:
+        parts = cast("list[Any] | None", index.get(name))
+        if not isinstance(parts, list) or len(parts) not in (2, 3):
+            continue
+        library, class_name = parts[:2]
+        if library is None or class_name is None:
+            found[name] = None
+            continue
+        where: dict[str, Any] = {"repo": repo, "subfolder": prefix + name, "revision": revision}
+        if modular and len(parts) == 3:
+            spec = cast("dict[str, Any]", parts[2])
+            where = _modular_location(spec, root, prefix, where, local=local)
+            if where["repo"] is None:
+                found[name] = None
+                continue
+        source = Source(
+            repo=where["repo"],
+            subfolder=where["subfolder"],
+            library=str(library),
+            class_name=str(class_name),
+            variant=variant if variant is not None else where.get("variant"),
+            revision=where["revision"],
+            torch_dtype=dtype_name(_dtype_for(name, torch_dtype)),
+            use_safetensors=use_safetensors,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
         )
-        raise ModblocksError(msg)
-    index: dict[str, Any] = json.loads(index_file.read_text())
-    return index
+        # A dtype is for models: a scheduler loaded "in float16" is the float32 one.
+        found[name] = source if source.is_model() else attrs.evolve(source, torch_dtype=None)
+    return found, configs
+
+
+def _modular_location(
+    spec: dict[str, Any], root: Path, prefix: str, here: dict[str, Any], *, local: bool
+) -> dict[str, Any]:
+    """Where a ``modular_model_index.json`` entry says a component lives."""
+    elsewhere = spec.get("pretrained_model_name_or_path") or spec.get("repo")
+    subfolder = str(spec.get("subfolder") or "")
+    # A local copy of a repo keeps the index that names the original: a component whose
+    # files are in the copy is loaded from the copy, as diffusers does.
+    inside = root / prefix / subfolder
+    if local and subfolder and inside.is_dir() and any(inside.iterdir()):
+        return {**here, "subfolder": prefix + subfolder, "variant": spec.get("variant")}
+    if elsewhere is None:
+        return {**here, "repo": None}
+    return {
+        "repo": str(elsewhere),
+        "subfolder": subfolder,
+        "revision": spec.get("revision"),
+        "variant": spec.get("variant"),
+    }
+
+
+def _dtype_for(name: str, torch_dtype: Any) -> Any:
+    """A dtype for every component, or diffusers' per-component dict with a ``"default"``."""
+    if isinstance(torch_dtype, Mapping):
+        dtypes = cast("Mapping[str, Any]", torch_dtype)
+        return dtypes.get(name, dtypes.get("default"))
+    return torch_dtype
 
 
 def load_pretrained(
@@ -36,37 +145,55 @@ def load_pretrained(
     specs: Sequence[InputSpec],
     configs: Sequence[InputSpec],
     *,
-    torch_dtype: Any = None,
-    variant: str | None = None,
+    lazy: bool = False,
+    shared: Callable[[str, Source], Any] | None = None,
+    **options: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load the components in *specs* and read the *configs* that ``model_index.json`` sets.
+    """Load the components in *specs* and read the *configs* that the repo's index sets.
 
-    Each component comes from its subfolder, with the class the index names. Diffusers
-    pipelines register their configs in the index too, e.g. SDXL's
+    Each component comes from where the index says, with the class it names; with *lazy*,
+    a `Lazy` that loads on first use stands in for each. *shared* (a registry's lookup)
+    may return an already loaded copy for a source instead. *options* go to `sources_of`.
+    Diffusers pipelines register their configs in the index too, e.g. SDXL's
     ``requires_aesthetics_score``.
     """
-    folder = Path(path)
-    index = _read_index(folder)
-    found = {c.name: index[c.name] for c in configs if _is_config_value(index.get(c.name))}
+    _check_dtypes(options.get("torch_dtype"), [s.name for s in specs])
+    sources, index_configs = sources_of(path, [s.name for s in specs], **options)
+    wanted = {c.name for c in configs}
+    found = {k: v for k, v in index_configs.items() if k in wanted}
     loaded: dict[str, Any] = {}
-    missing: list[str] = []
-    for spec in specs:
-        entry = cast("list[str | None] | None", index.get(spec.name))
-        if not entry or len(entry) != 2 or entry[0] is None:
-            if spec.required:
-                missing.append(spec.name)
-            continue
-        library, class_name = str(entry[0]), str(entry[1])
-        cls = getattr(importlib.import_module(library), class_name)
-        loaded[spec.name] = _load_one(cls, folder / spec.name, torch_dtype, variant)
+    missing = [s.name for s in specs if s.required and sources.get(s.name) is None]
     if missing:
         listed = ", ".join(f"`{n}`" for n in missing)
         msg = (
-            f"`{folder / _INDEX}` has no entry for component {listed}. Add it to the folder, "
-            "or pass it with `components={...}`."
+            f"`{os.fspath(path)}`'s index has no entry for component {listed}. Add it to the "
+            "folder, or pass it with `components={...}`."
         )
         raise MissingInputError(msg, names=tuple(missing))
+    for name, source in sources.items():
+        if source is None:
+            continue
+        reused = shared(name, source) if shared is not None else None
+        if reused is not None:
+            loaded[name] = reused
+        else:
+            loaded[name] = Lazy(source) if lazy else source.load()
     return loaded, found
+
+
+def _check_dtypes(torch_dtype: Any, names: Sequence[str]) -> None:
+    if not isinstance(torch_dtype, Mapping):
+        return
+    unknown = [
+        k for k in cast("Mapping[str, Any]", torch_dtype) if k != "default" and k not in names
+    ]
+    if unknown:
+        msg = (
+            f"`torch_dtype` names {', '.join(f'`{k}`' for k in unknown)}, which these blocks "
+            f"don't load. Its keys are component names ({', '.join(f'`{n}`' for n in names)}) "
+            'and `"default"`.'
+        )
+        raise ModblocksError(msg)
 
 
 def _is_config_value(value: Any) -> bool:
@@ -74,30 +201,7 @@ def _is_config_value(value: Any) -> bool:
     return isinstance(value, bool | int | float | str)
 
 
-def _load_one(cls: Any, subfolder: Path, torch_dtype: Any, variant: str | None) -> Any:
-    kwargs: dict[str, Any] = {}
-    if _is_torch_module(cls):
-        if torch_dtype is not None:
-            kwargs["torch_dtype"] = torch_dtype
-        if variant is not None:
-            kwargs["variant"] = variant  # weights saved as `*.fp16.safetensors`
-        if _is_diffusers_model(cls) and importlib.util.find_spec("accelerate") is None:
-            # diffusers' default needs accelerate and warns on every load without it.
-            kwargs["low_cpu_mem_usage"] = False
-    return cls.from_pretrained(str(subfolder), **kwargs)
-
-
-def _is_diffusers_model(cls: Any) -> bool:
-    return any(
-        base.__name__ == "ModelMixin" and base.__module__.startswith("diffusers.")
-        for base in getattr(cls, "__mro__", ())
-    )
-
-
-def _is_torch_module(cls: Any) -> bool:
-    import torch
-
-    return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+# -- saving --------------------------------------------------------------------------------
 
 
 def save_components(
@@ -106,11 +210,15 @@ def save_components(
     *,
     configs: Mapping[str, Any] | None = None,
     pipeline_class: str | None = None,
+    modular: bool = False,
+    reference: bool = False,
 ) -> None:
-    """Save each component to its subfolder and write ``model_index.json``.
+    """Save each component to its subfolder and write the repo's index.
 
-    Configs that are plain JSON values go in ``model_index.json`` too, where diffusers
-    pipelines keep theirs.
+    ``model_index.json`` by default; ``modular_model_index.json`` with *modular* (diffusers'
+    modular format), where *reference* records a component loaded from a folder or Hub repo
+    by where it came from instead of copying its weights. Configs that are plain JSON values
+    go in the index too, where diffusers pipelines keep theirs.
     """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,29 +228,69 @@ def save_components(
 
         index["_diffusers_version"] = diffusers.__version__
         expected = _pipeline_parameters(diffusers, pipeline_class)
+        blocks = getattr(
+            getattr(diffusers, pipeline_class or "", None), "default_blocks_name", None
+        )
+        if modular and isinstance(blocks, str):
+            index["_blocks_class_name"] = blocks  # what diffusers' modular pipeline runs
     except ImportError:  # pragma: no cover - saving without diffusers is still possible
         expected = []
-    for name, component in components.items():
-        if component is None:  # an optional part left out, e.g. SD3 without T5
-            index[name] = [None, None]
+    here = str(folder.resolve())
+    for name, value in components.items():
+        if value is None:  # an optional part left out, e.g. SD3 without T5
+            index[name] = [None, None, _empty_spec()] if modular else [None, None]
             continue
-        save = getattr(component, "save_pretrained", None)
-        if save is None:
-            msg = (
-                f"component `{name}` ({type(component).__name__}) has no `save_pretrained`, so it "
-                "can't be written to a diffusers-format folder."
-            )
-            raise ModblocksError(msg)
-        save(str(folder / name))
-        index[name] = [type(component).__module__.partition(".")[0], type(component).__name__]
+        source = _source_of(value)
+        if modular and reference and source is not None:
+            index[name] = source.index_entry()
+            continue
+        component = unwrapped(value.get() if type(value) is Lazy else value)
+        _save_one(name, component, folder / name)
+        library = type(component).__module__.partition(".")[0]
+        class_name = type(component).__name__
+        if modular:
+            saved = Source(repo=here, subfolder=name, library=library, class_name=class_name)
+            index[name] = saved.index_entry()
+        else:
+            index[name] = [library, class_name]
     index.update({k: v for k, v in (configs or {}).items() if _is_config_value(v)})
-    for name in expected:
-        index.setdefault(name, [None, None])  # optional parts of that pipeline class
-    (folder / _INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for name in expected:  # optional parts of that pipeline class
+        index.setdefault(name, [None, None, _empty_spec()] if modular else [None, None])
+    target = folder / (MODULAR_INDEX if modular else INDEX)
+    target.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _empty_spec() -> dict[str, Any]:
+    return {
+        "pretrained_model_name_or_path": None,
+        "revision": None,
+        "subfolder": "",
+        "type_hint": [None, None],
+        "variant": None,
+    }
+
+
+def _source_of(value: Any) -> Source | None:
+    if type(value) is Lazy:
+        return value.source
+    found = getattr(unwrapped(value), "_modblocks_source", None)
+    return found if isinstance(found, Source) else None
+
+
+def _save_one(name: str, component: Any, folder: Path) -> None:
+    save = getattr(component, "save_pretrained", None)
+    if save is None:
+        msg = (
+            f"component `{name}` ({type(component).__name__}) has no `save_pretrained`, so it "
+            "can't be written to a diffusers-format folder."
+        )
+        raise ModblocksError(msg)
+    save(str(folder))
 
 
 def _pipeline_parameters(diffusers: Any, pipeline_class: str | None) -> list[str]:
     cls = getattr(diffusers, pipeline_class or "", None)
-    if cls is None:
-        return []
+    classic = getattr(diffusers, "DiffusionPipeline", None)
+    if cls is None or classic is None or not issubclass(cls, classic):
+        return []  # a modular pipeline's parameters are not components
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

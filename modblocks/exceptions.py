@@ -19,12 +19,14 @@ import attrs
 __all__ = [
     "BlockError",
     "BlockPicklingError",
+    "BlocksChangedError",
     "CacheKeyError",
     "CancelledError",
     "DefaultsWarning",
     "DefinitionError",
     "FrozenStateError",
     "InputTypeError",
+    "LoadError",
     "MapError",
     "MissingInputError",
     "ModblocksError",
@@ -33,6 +35,7 @@ __all__ = [
     "UnknownInputError",
     "UnknownOutputError",
     "UnknownValueError",
+    "UntrustedCodeError",
     "WiringError",
 ]
 
@@ -181,6 +184,38 @@ class BlockPicklingError(ModblocksError, pickle.PicklingError):
 
     block: str | None = None
     qualname: str | None = None
+
+
+class LoadError(ModblocksError, OSError):
+    """A component, folder or Hub repo can't be found or loaded (also an `OSError`).
+
+    Raised by `Pipeline.from_pretrained`, lazy components when they load, and `load_blocks`.
+    ``.path`` is the folder, Hub id or component (``folder/unet``) it was about.
+    """
+
+    path: str = ""
+
+
+class UntrustedCodeError(ModblocksError, PermissionError):
+    """`load_blocks` was asked to import code without ``trust_remote_code=True``.
+
+    ``.hash`` is the digest of the code it would run: pass it as ``pin=`` with the trust, so
+    what runs is what you read.
+    """
+
+    path: str = ""
+    hash: str = ""
+
+
+class BlocksChangedError(ModblocksError, ValueError):
+    """The code `load_blocks` found is not the code it was pinned to (``pin=``, or loaded before).
+
+    ``.expected`` is the pinned hash, ``.found`` the hash of the files there now.
+    """
+
+    path: str = ""
+    expected: str = ""
+    found: str = ""
 
 
 class DefaultsWarning(UserWarning):

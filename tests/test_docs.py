@@ -46,6 +46,7 @@ OUTPUTS = {
     "flux.md": ["flux.py"],
     "sd3.md": ["sd3.py"],
     "qwen_image.md": ["qwen_image.py"],
+    "memory.md": ["models_memory.py"],
 }
 SNIPPET = re.compile(r'--8<-- "(?P<path>[^":]+)(?::[\w-]+)?"')
 

@@ -30,6 +30,15 @@ EXPECTED: dict[str, list[str]] = {
         "flux_img2img: images (2, 32, 48, 3), same as diffusers: True (max diff 0.0)",
         "flux_inpaint: images (2, 32, 48, 3), same as diffusers: True (max diff 0.0)",
     ],
+    "models_memory.py": [
+        "one UNet for both: True",
+        "Lazy(UNet2DConditionModel, loaded) Lazy(ControlNetModel, not loaded)",
+        "{'unet': 'torch.float16', 'vae': 'torch.float32', 'text_encoder': 'torch.float32'}",
+        'offload="disk" gives the same image: True',
+        "OptimizedModule gives the same image: True",
+        "from the Hub cache, the same image: True",
+        "exports: ['no_blur'] -> blurry",
+    ],
     "qwen_image.py": [
         "no guidance: images (2, 32, 48, 3), same as diffusers: True (max diff 0.0)",
         "true CFG: images (2, 32, 48, 3), same as diffusers: True (max diff 0.0)",
@@ -58,7 +67,13 @@ EXPECTED: dict[str, list[str]] = {
     "tutorial_blocks.py": ["4 (4, 3, 2, 2)", "['image', 'batch_size']"],
     "tutorial_composing.py": ["names:   ('input', 'image_encoder')"],
     "tutorial_controlnet.py": ["same as diffusers: True", "two ControlNets: (1, 32, 48, 3)"],
-    "tutorial_errors.py": ["DefinitionError: block `encode_image`", "WiringError: can't feed"],
+    "tutorial_errors.py": [
+        "DefinitionError: block `encode_image`",
+        "WiringError: can't feed",
+        "LoadError: `runwayml/stable-diffusion-v1-5` is not a folder here",
+        "UntrustedCodeError: `style` holds Python code (`blocks.py`)",
+        "BlocksChangedError: the code in `style` is not the code pinned",
+    ],
     "tutorial_from_diffusers.py": ["class SequentialPipelineBlocks"],
     "tutorial_guiders.py": [
         "guider None is today's CFG: True",

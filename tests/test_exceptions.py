@@ -25,6 +25,9 @@ BASES = {
     "BlockPicklingError": pickle.PicklingError,
     "CacheKeyError": ValueError,
     "UnknownValueError": (KeyError, AttributeError),
+    "LoadError": OSError,
+    "UntrustedCodeError": PermissionError,
+    "BlocksChangedError": ValueError,
 }
 WARNINGS = {"DefaultsWarning": UserWarning}
 
@@ -43,6 +46,9 @@ FIELDS = {
     "BlockPicklingError": {"block": "f", "qualname": "m.<locals>.f"},
     "CacheKeyError": {"path": "a > f", "state": mb.State(x=1)},
     "UnknownValueError": {"name": "latent"},
+    "LoadError": {"path": "folder/unet"},
+    "UntrustedCodeError": {"path": "blocks", "hash": "sha256:ab12"},
+    "BlocksChangedError": {"path": "blocks", "expected": "sha256:ab12", "found": "sha256:cd34"},
 }
 
 ERROR_CLASSES = [
