@@ -7,7 +7,8 @@ inside a loop that calls the model has made its call (or *max_wait* has passed);
 group of stackable calls (see `_stacking`) runs as one call, in the thread of one of its
 runs, and every run takes its own rows of the result back. The rest of each step (the
 scheduler step, generators, callbacks, events, cancellation) stays in the run's own thread,
-and runs come into the batch and leave it between steps.
+and runs come into the batch and leave it between steps. With *parallel* gates, each run
+entering a loop goes to the least busy one, and the gates batch at their own pace.
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ class StepBatcher(Hook):
             batch; each is repeated for its call's rows (the model must take one per row).
         max_rows: the most rows in one model call (None: no limit).
         max_wait: the longest a call waits, in seconds, for the calls of other runs.
-        parallel: run each batch as this many parts at once, in their runs' threads (on a
-            CPU with one PyTorch thread per run, the number of cores to use).
+        parallel: spread the runs over this many independent batches, each making its own
+            model calls at its own pace (on a CPU with one PyTorch thread per run, the
+            number of cores to use; on a GPU, 1).
     """
 
     def __init__(
@@ -107,25 +109,27 @@ class StepBatcher(Hook):
         self._names = frozenset(b for b in self.blocks if isinstance(b, str))
         self._nodes = frozenset(id(b) for b in self.blocks if not isinstance(b, str))
         self._loops: weakref.WeakKeyDictionary[Plan, bool] = weakref.WeakKeyDictionary()
-        self._gate = _Gate(self)
+        self._gates = tuple(_Gate(self) for _ in range(parallel))
+        self._choosing = threading.Lock()
 
     @property
     def stats(self) -> BatchStats:
         """Counts of model calls and of the batches that served them."""
-        return self._gate.stats()
+        counts = [gate.counts() for gate in self._gates]
+        calls, batches, largest, fallbacks = zip(*counts, strict=True)
+        return BatchStats(sum(calls), sum(batches), max(largest), sum(fallbacks))
 
     def wrap(self, call: UnitCall, run: Run) -> UnitCall:
         """Register the run's loops that call a batched block; hand its blocks stand-ins."""
         del run  # a run is known by its lane, made here once per run
         lane = _Lane()
-        gate = self._gate
 
         def wrapped(plan: Plan, values: Values, at: Cursor | None) -> None:
             kind = plan.kind
             if kind == BLOCK and self._batches(plan):
                 self._in_block(lane, plan, values, lambda: call(plan, values, at))
             elif kind == LOOP and self._calls_in(plan):
-                gate.enter(lane)
+                gate = self._enter(lane)
                 try:
                     call(plan, values, at)
                 finally:
@@ -134,6 +138,17 @@ class StepBatcher(Hook):
                 call(plan, values, at)
 
         return wrapped
+
+    def _enter(self, lane: _Lane) -> _Gate:
+        """Count *lane* in at its gate, the least busy one when it enters its first loop."""
+        with self._choosing:  # one at a time, so that runs entering together spread evenly
+            gate = lane.gate or self._least_busy()
+            gate.enter(lane)
+        return gate
+
+    def _least_busy(self) -> _Gate:
+        """The gate with the fewest runs in its loops (a run keeps its gate in a loop)."""
+        return min(self._gates, key=_Gate.load)
 
     def _batches(self, plan: Plan) -> bool:
         return plan.name in self._names or id(plan.node) in self._nodes
@@ -171,7 +186,7 @@ class StepBatcher(Hook):
             model = values.get(name)
             if isinstance(model, torch.nn.Module):
                 swapped[name] = model
-                values[name] = BatchedModel(model, lane, self._gate)
+                values[name] = BatchedModel(model, lane, lane.gate or self._least_busy())
         try:
             proceed()
         finally:
@@ -212,9 +227,10 @@ def _remake(
 class _Lane:
     """One run, as the gate knows it."""
 
-    __slots__ = ("__weakref__", "loops", "solo")
+    __slots__ = ("__weakref__", "gate", "loops", "solo")
 
     def __init__(self) -> None:
+        self.gate: _Gate | None = None  # where its calls go while it is in a loop
         self.loops = 0  # how deep inside loops that call a batched block
         self.solo = False  # its last call could not be stacked: don't wait for the next
 
@@ -259,19 +275,25 @@ class _Gate:
         self._pending: list[_Call] = []
         self._counts = [0, 0, 0, 0]  # calls, batches, largest, fallbacks
 
-    def stats(self) -> BatchStats:
+    def counts(self) -> tuple[int, int, int, int]:
         with self._cond:
-            return BatchStats(*self._counts)
+            calls, batches, largest, fallbacks = self._counts
+            return calls, batches, largest, fallbacks
+
+    def load(self) -> int:
+        return len(self._looping)
 
     def enter(self, lane: _Lane) -> None:
         with self._cond:
             lane.loops += 1
+            lane.gate = self
             self._looping.add(lane)
 
     def leave(self, lane: _Lane) -> None:
         with self._cond:
             lane.loops -= 1
             if lane.loops == 0:
+                lane.gate = None
                 self._looping.discard(lane)
                 self._flush_if_ready()
 
@@ -332,7 +354,7 @@ class _Gate:
             groups.setdefault(call.key, []).append(call)
         counts = self._counts
         for group in groups.values():
-            for part in _parts(group, self.batcher.parallel, self.batcher.max_rows):
+            for part in _parts(group, self.batcher.max_rows):
                 batch = _Batch(part)
                 for call in part:
                     call.batch = batch
@@ -360,37 +382,20 @@ class _Gate:
             batch.done.set()
 
 
-def _parts(calls: list[_Call], parallel: int, max_rows: int | None) -> list[list[_Call]]:
-    """Split stackable calls into *parallel* parts of about equal rows, then into batches.
-
-    Each batch has at most *max_rows* rows; the calls keep the order they came in.
-    """
-    parts: list[list[_Call]] = []
-    count = min(parallel, len(calls))
-    total = sum(c.rows for c in calls)
-    current: list[_Call] = []
-    filled = 0
-    for call in calls:
-        current.append(call)
-        filled += call.rows
-        if len(parts) < count - 1 and filled * count >= total * (len(parts) + 1):
-            parts.append(current)
-            current = []
-    if current:
-        parts.append(current)
+def _parts(calls: list[_Call], max_rows: int | None) -> list[list[_Call]]:
+    """Split stackable calls into batches of at most *max_rows* rows, in the order they came."""
     if max_rows is None:
-        return parts
+        return [calls]
     batches: list[list[_Call]] = []
-    for part in parts:
-        batch: list[_Call] = []
-        rows = 0
-        for call in part:
-            if batch and rows + call.rows > max_rows:
-                batches.append(batch)
-                batch, rows = [], 0
-            batch.append(call)
-            rows += call.rows
-        batches.append(batch)
+    batch: list[_Call] = []
+    rows = 0
+    for call in calls:
+        if batch and rows + call.rows > max_rows:
+            batches.append(batch)
+            batch, rows = [], 0
+        batch.append(call)
+        rows += call.rows
+    batches.append(batch)
     return batches
 
 

@@ -115,6 +115,16 @@ def test_concurrent_runs_share_each_step_and_match_their_solo_runs(pipe):
     assert stats.fallbacks == 0
 
 
+def test_parallel_batches_split_the_runs(pipe):
+    requests = [("1", 0), ("2", 1), ("3", 2), ("4", 3)]
+    together, batcher = batched(pipe, together=4, parallel=2)
+    results = concurrently(*(digits(together, d, s, 3) for d, s in requests))
+    for got, (d, s) in zip(results, requests, strict=True):
+        assert_close(got, digits(pipe, d, s, 3)())
+    # Two runs in each of two batches, each at its own pace.
+    assert batcher.stats == mb.BatchStats(calls=12, batches=6, largest=2, fallbacks=0)
+
+
 def test_a_run_alone_is_bit_exact(pipe):
     alone, batcher = batched(pipe)
     assert torch.equal(digits(alone, "5", 9, 3)(), digits(pipe, "5", 9, 3)())
