@@ -22,8 +22,8 @@ runs at once use N cores. Rows:
   UNet and scheduler (what a diffusers pipeline for it would run), one request at a time;
 * **batching** (``--batching on``, the default): the modblocks servers with step-level
   batching (`mb.StepBatcher`), ``--batch-concurrency`` runs in flight (8: every client's
-  request) whose denoising steps share one model call, run as ``--batch-parallel`` parts at
-  once (2: one per core).
+  request) whose denoising steps share one model call: in one batch, and spread over two
+  batches that run at once (``parallel=2``: one per core, as two runs at once use two).
 
 The closing line gives the throughput of batching over one request at a time.
 
@@ -244,9 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batch-concurrency", type=int, default=CLIENTS, help="runs in flight with batching"
     )
-    parser.add_argument(
-        "--batch-parallel", type=int, default=2, help="parts of each batch run at once"
-    )
     args = parser.parse_args(argv)
     count = args.requests or (16 if args.quick else 32)
     # One PyTorch thread by default: N runs at once use N cores, one at a time uses one (small
@@ -269,14 +266,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     batching = args.batching == "on"
     in_flight = args.batch_concurrency
 
-    def batched() -> ServeOptions:  # a batcher per server
-        batcher = mb.StepBatcher(parallel=args.batch_parallel)
-        return ServeOptions(concurrency=in_flight, cache=False, max_queue=count, batching=batcher)
+    def batched(pipe: mb.Pipeline, name: str, bodies: list[dict[str, Any]]) -> list[Any]:
+        """The batching rows of *pipe*: one batch, and two at once (one per core)."""
+        if not batching:
+            return []
+        found: list[Any] = []
+        for parallel in (1, 2):
+            batcher = mb.StepBatcher(parallel=parallel)  # a batcher per server
+            options = ServeOptions(
+                concurrency=in_flight, cache=False, max_queue=count, batching=batcher
+            )
+            label = "1 batch" if parallel == 1 else f"{parallel} batches at once"
+            row = f"{name}, modblocks, batching {in_flight} in flight, {label}"
+            found.append((row, create_app(pipe, options), bodies))
+        return found
 
-    digits_batched = f"digits, modblocks, batching {in_flight} in flight"
-    sd_batched = f"tiny SD, modblocks, batching {in_flight} in flight"
     rows = [
-        *([(digits_batched, create_app(digits, batched()), digit_bodies)] if batching else []),
+        *batched(digits, "digits", digit_bodies),
         (
             f"digits, modblocks, {args.concurrency} at once",
             create_app(digits, parallel),
@@ -288,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             create_app(digits, serial, runner=DigitsLoopRunner(digits)),
             digit_bodies,
         ),
-        *([(sd_batched, create_app(sd, batched()), sd_bodies)] if batching else []),
+        *batched(sd, "tiny SD", sd_bodies),
         (f"tiny SD, modblocks, {args.concurrency} at once", create_app(sd, parallel), sd_bodies),
         ("tiny SD, modblocks, 1 at a time", create_app(sd, serial), sd_bodies),
         (
@@ -306,11 +312,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, throughput = _table(rows, args.rounds)
     _harness.emit(table)
     if batching:
-        digits_gain = throughput[digits_batched] / throughput["digits, plain loop, 1 at a time"]
-        sd_gain = throughput[sd_batched] / throughput["tiny SD, diffusers, 1 at a time"]
+        gains = [
+            (name, max(v for k, v in throughput.items() if k.startswith(f"{name}, modblocks, b")))
+            for name in ("digits", "tiny SD")
+        ]
+        one = {"digits": "digits, plain loop", "tiny SD": "tiny SD, diffusers"}
         _harness.emit(
-            f"\nBatching: {digits_gain:.2f}x the throughput of one request at a time for the "
-            f"digits model (plain loop), {sd_gain:.2f}x for tiny SD (diffusers)."
+            "\nBatching (the better of its rows) over one request at a time: "
+            + ", ".join(
+                f"{best / throughput[f'{one[name]}, 1 at a time']:.2f}x for {name} "
+                f"({one[name].partition(', ')[2]}), "
+                f"{best / throughput[f'{name}, modblocks, 1 at a time']:.2f}x (modblocks)"
+                for name, best in gains
+            )
+            + "."
         )
     return 0
 

@@ -76,8 +76,8 @@ class StepBatcher(Hook):
     Args:
         blocks: the blocks whose model calls are batched, by name or as `Block` objects
             (default: ``predict_noise`` and ``predict_noise_xl``).
-        models: the components to batch in those blocks, by name (default: every
-            `torch.nn.Module` they read).
+        models: the models to batch in those blocks, by the name of the input they come
+            from (default: every `torch.nn.Module` component they read).
         per_row: names of scalar tensor arguments that may differ between the calls of a
             batch; each is repeated for its call's rows (the model must take one per row).
         max_rows: the most rows in one model call (None: no limit).
@@ -180,10 +180,9 @@ class StepBatcher(Hook):
             proceed()
             return
         swapped: dict[str, Any] = {}
-        for name in plan.components:
-            if self.models is not None and name not in self.models:
-                continue
-            model = values.get(name)
+        names = plan.components if self.models is None else self.models
+        for name in names:
+            model = values.get(name) if name in plan.inputs else None
             if isinstance(model, torch.nn.Module):
                 swapped[name] = model
                 values[name] = BatchedModel(model, lane, lane.gate or self._least_busy())
