@@ -45,12 +45,15 @@ class BatchStats:
         largest: the most runs' calls served by one model call.
         fallbacks: stacked calls that failed (or gave a result that doesn't split) and were
             run again call by call, so that a failure belongs to the run that causes it.
+        timeouts: batches that left after *max_wait* without the calls of every run in a
+            loop. A run that missed one is not waited for again until its next call.
     """
 
     calls: int = 0
     batches: int = 0
     largest: int = 0
     fallbacks: int = 0
+    timeouts: int = 0
 
 
 class StepBatcher(Hook):
@@ -116,8 +119,8 @@ class StepBatcher(Hook):
     def stats(self) -> BatchStats:
         """Counts of model calls and of the batches that served them."""
         counts = [gate.counts() for gate in self._gates]
-        calls, batches, largest, fallbacks = zip(*counts, strict=True)
-        return BatchStats(sum(calls), sum(batches), max(largest), sum(fallbacks))
+        calls, batches, largest, fallbacks, timeouts = zip(*counts, strict=True)
+        return BatchStats(sum(calls), sum(batches), max(largest), sum(fallbacks), sum(timeouts))
 
     def wrap(self, call: UnitCall, run: Run) -> UnitCall:
         """Register the run's loops that call a batched block; hand its blocks stand-ins."""
@@ -226,12 +229,14 @@ def _remake(
 class _Lane:
     """One run, as the gate knows it."""
 
-    __slots__ = ("__weakref__", "gate", "loops", "solo")
+    __slots__ = ("__weakref__", "absent", "gate", "loops")
 
     def __init__(self) -> None:
         self.gate: _Gate | None = None  # where its calls go while it is in a loop
         self.loops = 0  # how deep inside loops that call a batched block
-        self.solo = False  # its last call could not be stacked: don't wait for the next
+        # Don't wait for its next call: its last one could not be stacked, or it missed the
+        # last batch (it is busy elsewhere: a slow callback, a paused stream).
+        self.absent = False
 
 
 class _Call:
@@ -272,12 +277,13 @@ class _Gate:
         self._cond = threading.Condition()
         self._looping: set[_Lane] = set()
         self._pending: list[_Call] = []
-        self._counts = [0, 0, 0, 0]  # calls, batches, largest, fallbacks
+        self._busy: set[_Lane] = set()  # runs whose calls left in a batch, not yet back
+        self._counts = [0, 0, 0, 0, 0]  # calls, batches, largest, fallbacks, timeouts
 
-    def counts(self) -> tuple[int, int, int, int]:
+    def counts(self) -> tuple[int, int, int, int, int]:
         with self._cond:
-            calls, batches, largest, fallbacks = self._counts
-            return calls, batches, largest, fallbacks
+            calls, batches, largest, fallbacks, timeouts = self._counts
+            return calls, batches, largest, fallbacks, timeouts
 
     def load(self) -> int:
         return len(self._looping)
@@ -308,7 +314,7 @@ class _Gate:
                 self._counts[0] += 1
                 self._counts[1] += 1
                 self._counts[2] = max(self._counts[2], 1)
-                lane.solo = True
+                lane.absent = True
                 self._flush_if_ready()
             return fn(*args, **kwargs)
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
@@ -316,25 +322,33 @@ class _Gate:
         call = _Call(lane, fn, args, kwargs, key, found[1])
         with self._cond:
             self._counts[0] += 1
-            lane.solo = False
+            lane.absent = False
             self._pending.append(call)
             self._flush_if_ready()
             while call.batch is None:
                 remaining = self._pending[0].since + batcher.max_wait - time.monotonic()
                 if remaining <= 0:
-                    self._flush()
+                    self._flush(timed_out=True)
                     break
                 self._cond.wait(remaining)
+        try:
+            return self._served(call, names)
+        finally:
+            with self._cond:
+                self._busy.discard(lane)
+
+    def _served(self, call: _Call, names: Sequence[str]) -> Any:
+        """The result of *call*, once its batch has left the gate."""
         batch = call.batch
         assert batch is not None
         if len(batch.calls) == 1:
-            return fn(*args, **kwargs)
+            return call.fn(*call.args, **call.kwargs)
         if batch.calls[0] is call:
             self._run(batch, names)
         else:
             batch.done.wait()
         if call.result is _NO_RESULT:  # the stacked call failed: this one runs alone
-            return fn(*args, **kwargs)
+            return call.fn(*call.args, **call.kwargs)
         return call.result
 
     def _flush_if_ready(self) -> None:
@@ -342,12 +356,22 @@ class _Gate:
         if not self._pending:
             return
         waiting = {c.lane for c in self._pending}
-        if all(lane in waiting or lane.solo for lane in self._looping):
+        if all(lane in waiting or lane.absent for lane in self._looping):
             self._flush()
 
-    def _flush(self) -> None:
-        """Make batches of the pending calls and wake their runs (lock held)."""
+    def _flush(self, *, timed_out: bool = False) -> None:
+        """Make batches of the pending calls and wake their runs (lock held).
+
+        After a timeout, the runs that neither sent a call nor have one in a batch are busy
+        elsewhere: they are not waited for until they call again.
+        """
         calls, self._pending = self._pending, []
+        if timed_out:
+            self._counts[4] += 1
+            here = {c.lane for c in calls} | self._busy
+            for lane in self._looping - here:
+                lane.absent = True
+        self._busy.update(c.lane for c in calls)
         groups: dict[Hashable, list[_Call]] = {}
         for call in calls:
             groups.setdefault(call.key, []).append(call)

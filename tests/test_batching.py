@@ -181,6 +181,30 @@ def test_a_cancelled_run_leaves_the_batch_and_the_others_go_on(pipe):
     assert batcher.stats == mb.BatchStats(calls=14, batches=6, largest=3, fallbacks=0)
 
 
+def test_a_run_busy_between_steps_is_waited_for_once(pipe):
+    together, batcher = batched(pipe, together=2, max_wait=1.0)
+    first_done = threading.Event()
+
+    def first() -> torch.Tensor:
+        try:
+            return digits(together, "3", 0, 4)()
+        finally:
+            first_done.set()
+
+    def pause_until_the_first_run_is_done(step: mb.Step) -> None:
+        if step.index == 0:
+            assert first_done.wait(120)  # a slow step callback, or a paused stream
+
+    second = digits(together, "6", 1, 4, on_step=pause_until_the_first_run_is_done)
+    results = concurrently(first, second)
+    assert_close(results[0], digits(pipe, "3", 0, 4)())
+    assert_close(results[1], digits(pipe, "6", 1, 4)())
+    # Step 0 together; the first run's step 1 waited for the paused one (1 s) and went on,
+    # and its steps 2 and 3 did not wait again.
+    expected = mb.BatchStats(calls=8, batches=7, largest=2, fallbacks=0, timeouts=1)
+    assert batcher.stats == expected
+
+
 class Labels(NamedTuple):
     class_labels: torch.Tensor
     batch_size: int
