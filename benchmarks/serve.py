@@ -17,10 +17,15 @@ runs at once use N cores. Rows:
   components (`tiny_sd_components`), the same two ways;
 * **tiny SD, diffusers**: diffusers' `StableDiffusionPipeline` on the same components behind
   the same endpoint (the same app and request model, its runner calling diffusers), one
-  request at a time, since a diffusers pipeline must not be shared between threads.
+  request at a time, since a diffusers pipeline must not be shared between threads;
+* **digits, plain loop**: the digits model's denoising loop written out by hand on diffusers'
+  UNet and scheduler (what a diffusers pipeline for it would run), one request at a time;
+* **batching** (``--batching on``, the default): the modblocks servers with step-level
+  batching (`mb.StepBatcher`), ``--batch-concurrency`` runs in flight (8: every client's
+  request) whose denoising steps share one model call: in one batch, and spread over two
+  batches that run at once (``parallel=2``: one per core, as two runs at once use two).
 
-``--batching on`` is the switch for step-level batching (concurrent requests joining one
-batched denoising step), which is not built yet: the script says so and stops.
+The closing line gives the throughput of batching over one request at a time.
 
 Run it from the repository root::
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import socket
 import statistics
@@ -46,9 +52,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import torch
 import uvicorn
+from PIL import Image
 
 import modblocks as mb
-from modblocks.demo import load_pipeline
+from modblocks.demo import NULL_CLASS, load_pipeline
 from modblocks.diffusion import text2img
 from modblocks.diffusion.testing import tiny_sd_components
 from modblocks.serve import Job, ServeOptions, create_app
@@ -94,6 +101,41 @@ class DiffusersRunner:
         return {"outputs": {"images": encode_value(images)}, "seeds": job.seeds, "cached": []}
 
 
+class DigitsLoopRunner:
+    """The digits model's loop written out on diffusers' UNet and scheduler, one job at a time."""
+
+    def __init__(self, pipe: mb.Pipeline) -> None:
+        self.unet: Any = pipe.components["unet"]
+        self.scheduler: Any = pipe.components["scheduler"]
+        self.lock = threading.Lock()
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        inputs = with_generators(job.inputs, job.seeds)
+        digits, steps = inputs["digits"], inputs["num_inference_steps"]
+        scale = inputs.get("guidance_scale", 3.0)
+        with self.lock, torch.inference_mode():
+            scheduler = copy.deepcopy(self.scheduler)
+            scheduler.set_timesteps(steps)
+            labels = torch.tensor([int(d) for d in digits])
+            labels = torch.cat([torch.full_like(labels, NULL_CLASS), labels])
+            size = self.unet.config["sample_size"]
+            shape = (len(digits), self.unet.config["in_channels"], size, size)
+            latents = torch.randn(shape, generator=inputs.get("generator"))
+            latents = latents * scheduler.init_noise_sigma
+            for index, t in enumerate(scheduler.timesteps):
+                model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+                noise = self.unet(model_input, t, class_labels=labels, return_dict=False)[0]
+                uncond, cond = noise.chunk(2)
+                noise = uncond + scale * (cond - uncond)
+                latents = scheduler.step(noise, t, latents).prev_sample
+                job.emit({"type": "step", "index": index + 1, "total": steps, "path": ""})
+                if job.cancel.cancelled:
+                    break
+        gray = ((latents.clamp(-1, 1)[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+        images = [Image.fromarray(a, mode="L") for a in gray]
+        return {"outputs": {"images": encode_value(images)}, "seeds": job.seeds, "cached": []}
+
+
 @contextlib.contextmanager
 def _server(app: Any) -> Generator[str]:
     with socket.socket() as sock:
@@ -111,28 +153,33 @@ def _server(app: Any) -> Generator[str]:
         thread.join()
 
 
-def _burst(url: str, bodies: Sequence[dict[str, Any]]) -> list[float]:
-    """Send *bodies* from `CLIENTS` threads at once; return each request's latency."""
-    shares = [bodies[i::CLIENTS] for i in range(CLIENTS)]
+def _burst(
+    pool: ThreadPoolExecutor, clients: Sequence[httpx.Client], bodies: Sequence[dict[str, Any]]
+) -> list[float]:
+    """Send *bodies* from the *clients* at once, a thread each; return each request's latency.
 
-    def client(share: Sequence[dict[str, Any]]) -> list[float]:
+    The clients (and their connections) are made before: only requests are timed.
+    """
+
+    def client(http: httpx.Client, share: Sequence[dict[str, Any]]) -> list[float]:
         latencies: list[float] = []
-        with httpx.Client(base_url=url, timeout=600) as http:
-            for body in share:
-                began = time.perf_counter()
-                response = http.post("/runs?wait=true", json=body)
-                latencies.append(time.perf_counter() - began)
-                record = response.json()
-                if record.get("status") != "succeeded":
-                    msg = f"a run did not succeed: {record}"
-                    raise RuntimeError(msg)
+        for body in share:
+            began = time.perf_counter()
+            response = http.post("/runs?wait=true", json=body)
+            latencies.append(time.perf_counter() - began)
+            record = response.json()
+            if record.get("status") != "succeeded":
+                msg = f"a run did not succeed: {record}"
+                raise RuntimeError(msg)
         return latencies
 
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        return [x for share in pool.map(client, shares) for x in share]
+    shares = [bodies[i :: len(clients)] for i in range(len(clients))]
+    return [x for share in pool.map(client, clients, shares) for x in share]
 
 
-def _table(rows: Sequence[tuple[str, Any, Sequence[dict[str, Any]]]], rounds: int) -> str:
+def _table(
+    rows: Sequence[tuple[str, Any, Sequence[dict[str, Any]]]], rounds: int
+) -> tuple[str, dict[str, float]]:
     """Serve every row at once; send each row's requests in *rounds* bursts, rows interleaved.
 
     The rows take turns, in an order rotated every round, so that the background load of a
@@ -141,30 +188,36 @@ def _table(rows: Sequence[tuple[str, Any, Sequence[dict[str, Any]]]], rounds: in
     spent = [0.0] * len(rows)
     latencies: list[list[float]] = [[] for _ in rows]
     with contextlib.ExitStack() as stack:
-        urls = [stack.enter_context(_server(app)) for _, app, _ in rows]
-        for url, (_, _, bodies) in zip(urls, rows, strict=True):
-            _burst(url, bodies[:2])  # warm up: first calls, lazy imports
+        pool = stack.enter_context(ThreadPoolExecutor(CLIENTS))
+        clients: list[list[httpx.Client]] = []
+        for _, app, bodies in rows:
+            url = stack.enter_context(_server(app))
+            made = [httpx.Client(base_url=url, timeout=600) for _ in range(CLIENTS)]
+            clients.append([stack.enter_context(c) for c in made])
+            _burst(pool, clients[-1], bodies[:2])  # warm up: first calls, lazy imports
         for round_ in range(rounds):
             order = list(range(len(rows)))
             order = order[round_ % len(order) :] + order[: round_ % len(order)]
             for index in order:
                 bodies = rows[index][2][round_::rounds]
                 began = time.perf_counter()
-                latencies[index] += _burst(urls[index], bodies)
+                latencies[index] += _burst(pool, clients[index], bodies)
                 spent[index] += time.perf_counter() - began
+    throughput = [len(bodies) / spent[index] for index, (_, _, bodies) in enumerate(rows)]
     table = [
         [
             name,
             len(bodies),
-            _harness.fmt(len(bodies) / spent[index]),
+            _harness.fmt(throughput[index]),
             _harness.fmt(statistics.median(latencies[index])),
             _harness.fmt(statistics.quantiles(latencies[index], n=20)[-1]),
         ]
         for index, (name, _, bodies) in enumerate(rows)
     ]
-    return _harness.markdown_table(
+    text = _harness.markdown_table(
         ["server", "requests", "requests/s", "p50 latency s", "p95 latency s"], table
     )
+    return text, dict(zip((name for name, _, _ in rows), throughput, strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,12 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="runs at once (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="bursts per row, interleaved")
     parser.add_argument(
-        "--batching", choices=("off", "on"), default="off", help="step-level batching"
+        "--batching", choices=("off", "on"), default="on", help="the rows with step-level batching"
+    )
+    parser.add_argument(
+        "--batch-concurrency", type=int, default=CLIENTS, help="runs in flight with batching"
     )
     args = parser.parse_args(argv)
-    if args.batching == "on":
-        print("step-level batching is not built yet (issue #19, item 3): run with --batching off")
-        return 2
     count = args.requests or (16 if args.quick else 32)
     # One PyTorch thread by default: N runs at once use N cores, one at a time uses one (small
     # models gain little from threads inside an op, and lose much when the cores are shared).
@@ -210,13 +263,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     parallel = ServeOptions(concurrency=args.concurrency, cache=False, max_queue=count)
     serial = ServeOptions(concurrency=1, cache=False, max_queue=count)
+    batching = args.batching == "on"
+    in_flight = args.batch_concurrency
+
+    def batched(pipe: mb.Pipeline, name: str, bodies: list[dict[str, Any]]) -> list[Any]:
+        """The batching rows of *pipe*: one batch, and two at once (one per core)."""
+        if not batching:
+            return []
+        found: list[Any] = []
+        for parallel in (1, 2):
+            batcher = mb.StepBatcher(parallel=parallel)  # a batcher per server
+            options = ServeOptions(
+                concurrency=in_flight, cache=False, max_queue=count, batching=batcher
+            )
+            label = "1 batch" if parallel == 1 else f"{parallel} batches at once"
+            row = f"{name}, modblocks, batching {in_flight} in flight, {label}"
+            found.append((row, create_app(pipe, options), bodies))
+        return found
+
     rows = [
+        *batched(digits, "digits", digit_bodies),
         (
             f"digits, modblocks, {args.concurrency} at once",
             create_app(digits, parallel),
             digit_bodies,
         ),
         ("digits, modblocks, 1 at a time", create_app(digits, serial), digit_bodies),
+        (
+            "digits, plain loop, 1 at a time",
+            create_app(digits, serial, runner=DigitsLoopRunner(digits)),
+            digit_bodies,
+        ),
+        *batched(sd, "tiny SD", sd_bodies),
         (f"tiny SD, modblocks, {args.concurrency} at once", create_app(sd, parallel), sd_bodies),
         ("tiny SD, modblocks, 1 at a time", create_app(sd, serial), sd_bodies),
         (
@@ -231,7 +309,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"bursts, {steps} steps, cache off, "
         f"batching {args.batching}; torch threads: {torch.get_num_threads()}.\n"
     )
-    _harness.emit(_table(rows, args.rounds))
+    table, throughput = _table(rows, args.rounds)
+    _harness.emit(table)
+    if batching:
+        gains = [
+            (name, max(v for k, v in throughput.items() if k.startswith(f"{name}, modblocks, b")))
+            for name in ("digits", "tiny SD")
+        ]
+        one = {"digits": "digits, plain loop", "tiny SD": "tiny SD, diffusers"}
+        _harness.emit(
+            "\nBatching (the better of its rows) over one request at a time: "
+            + ", ".join(
+                f"{best / throughput[f'{one[name]}, 1 at a time']:.2f}x for {name} "
+                f"({one[name].partition(', ')[2]}), "
+                f"{best / throughput[f'{name}, modblocks, 1 at a time']:.2f}x (modblocks)"
+                for name, best in gains
+            )
+            + "."
+        )
     return 0
 
 

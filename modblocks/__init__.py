@@ -6,6 +6,8 @@ Decorate functions with `block`, compose them with ``>>``, branch with `switch`,
 
 from __future__ import annotations
 
+from ._batching import BatchStats as BatchStats
+from ._batching import StepBatcher as StepBatcher
 from ._block import Block as Block
 from ._block import block as block
 from ._blocks_loader import LoadedBlocks as LoadedBlocks
@@ -66,6 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NOTHING",
+    "BatchStats",
     "Block",
     "BlockError",
     "BlockPicklingError",
@@ -108,6 +111,7 @@ __all__ = [
     "Sequential",
     "State",
     "Step",
+    "StepBatcher",
     "Switch",
     "UnknownInputError",
     "UnknownOutputError",

@@ -27,6 +27,7 @@ import modblocks as mb
 from modblocks.demo import load_pipeline
 from modblocks.serve import Limits, ServeOptions, create_app
 from modblocks.serve import load_pipeline as load_target
+from modblocks.serve._cli import _options, _parser
 from modblocks.serve._images import decode_image, preview, to_input
 from modblocks.serve._runs import MAX_MESSAGES
 
@@ -60,6 +61,30 @@ def _expected(pipe: mb.Pipeline, digits: str, seed: int, steps: int = STEPS) -> 
         output="images",
     )
     return [_png(image) for image in images]
+
+
+def serve_options(argv: list[str]) -> ServeOptions:
+    """The options `modblocks serve` makes of a command line."""
+    return _options(_parser().parse_args(argv))
+
+
+def _same_images(got: list[str], expected: list[str], batched: bool = False) -> bool:
+    """Equal PNGs; from batched runs, equal but for rounding (at most 1 gray level apart).
+
+    A batched run's pixels are within 1e-5 of its solo run's, so that a pixel next to a
+    rounding boundary can land on the other side of it.
+    """
+    if not batched or got == expected:
+        return got == expected
+    if len(got) != len(expected):
+        return False
+    for a, b in zip(got, expected, strict=True):
+        pixels = [
+            Image.open(io.BytesIO(base64.b64decode(x))).convert("L").tobytes() for x in (a, b)
+        ]
+        if max(abs(p - q) for p, q in zip(*pixels, strict=True)) > 1:
+            return False
+    return True
 
 
 def _wait(client: TestClient, run_id: str, timeout: float = 120) -> dict[str, Any]:
@@ -349,6 +374,44 @@ def test_delete_cancels_a_queued_run_at_once(pipe):
         assert _wait(client, running["id"])["status"] == "cancelled"
 
 
+# -- step-level batching ------------------------------------------------------------------------
+
+
+def test_batching_joins_the_steps_of_the_runs_in_flight(pipe):
+    batcher = mb.StepBatcher()
+    options = ServeOptions(concurrency=4, cache=False, batching=batcher)
+    requests = [("1", 0), ("23", 1), ("4", 2)]
+    with TestClient(create_app(pipe, options)) as client:
+        long = client.post("/runs", json={"digits": "5", "num_inference_steps": 1000}).json()
+        failing = client.post("/runs", json={"digits": "4a", "num_inference_steps": 20}).json()
+        ids = [
+            client.post("/runs", json={"digits": d, "seed": s, "num_inference_steps": 8}).json()[
+                "id"
+            ]
+            for d, s in requests
+        ]
+        records = [_wait(client, run_id) for run_id in ids]
+        assert _wait(client, failing["id"])["status"] == "failed"
+        assert client.get(f"/runs/{long['id']}").json()["status"] == "running"
+        client.delete(f"/runs/{long['id']}")  # it leaves the batch at its next step
+        assert _wait(client, long["id"])["status"] == "cancelled"
+    for record, (digits, seed) in zip(records, requests, strict=True):
+        assert record["status"] == "succeeded"
+        images = record["result"]["outputs"]["images"]
+        assert _same_images(images, _expected(pipe, digits, seed, steps=8), batched=True)
+    assert batcher.stats.largest >= 2  # the long run's steps carried the others'
+    assert batcher.stats.fallbacks == 0
+
+
+def test_the_command_line_turns_batching_on():
+    batching = serve_options(["m:p", "--batching", "--batch-wait", "20", "--batch-parallel", "2"])
+    assert batching.concurrency == 8  # room for runs to batch
+    assert isinstance(batching.batching, mb.StepBatcher)
+    assert (batching.batching.max_wait, batching.batching.parallel) == (0.02, 2)
+    plain = serve_options(["m:p", "--concurrency", "3"])
+    assert (plain.concurrency, plain.batching) == (3, False)
+
+
 # -- auth ------------------------------------------------------------------------------------
 
 
@@ -422,11 +485,13 @@ def test_the_modblocks_command_explains_its_usage():
 # -- a bounded load test -------------------------------------------------------------------------
 
 
-def test_load_200_requests_with_cancels_and_malformed_ones_lose_nothing(pipe):
+@pytest.mark.parametrize("batching", [False, True], ids=["threads", "batching"])
+def test_load_200_requests_with_cancels_and_malformed_ones_lose_nothing(pipe, batching):
     """200 requests: 10 % cancelled, 5 % malformed; every run ends, each with its own result."""
     combos = [(str(d), seed) for d in range(10) for seed in (0, 1)]
     expected = {combo: _expected(pipe, *combo, steps=1) for combo in combos}
-    options = ServeOptions(concurrency=2, max_queue=256, keep=64)
+    concurrency = 8 if batching else 2
+    options = ServeOptions(concurrency=concurrency, max_queue=256, keep=64, batching=batching)
     process = psutil.Process()
     with TestClient(create_app(pipe, options)) as client:
         rss: list[int] = []
@@ -457,7 +522,8 @@ def test_load_200_requests_with_cancels_and_malformed_ones_lose_nothing(pipe):
                     assert record["status"] in ("cancelled", "succeeded"), record
                 if record["status"] == "succeeded":
                     assert record["id"] == run_id
-                    assert record["result"]["outputs"]["images"] == expected[combo], run_id
+                    images = record["result"]["outputs"]["images"]
+                    assert _same_images(images, expected[combo], batching), run_id
                 else:
                     assert cancelled, record  # only cancelled runs end otherwise
             gc.collect()

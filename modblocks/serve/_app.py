@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modblocks._batching import StepBatcher
 from modblocks._cache import Cache
 from modblocks._node import Node
 from modblocks._pipeline import Pipeline
@@ -60,6 +61,9 @@ class ServeOptions:
         preview_every: the default preview interval of the page (steps; 0: none).
         limits: request and image size limits.
         title: the page's title (default: the pipeline's name).
+        batching: batch the denoising steps of the runs in flight (True, or a `StepBatcher`
+            with its settings): their model calls join, step by step. Runs in flight are
+            the *concurrency* worker threads, so give it room (8, say).
     """
 
     concurrency: int = 1
@@ -73,6 +77,7 @@ class ServeOptions:
     preview_every: int = 5
     limits: Limits = attrs.field(factory=Limits)
     title: str | None = None
+    batching: bool | StepBatcher = False
 
 
 class _BodyLimit:
@@ -313,9 +318,12 @@ _STATIC_FILES = frozenset({"app.js", "app.css"})
 
 
 def local_runner(pipe: Pipeline, options: ServeOptions) -> PipelineRunner:
-    """The runner of *pipe* in this process, with the cache and outputs *options* ask for."""
+    """The runner of *pipe* here, with the cache, batching and outputs that *options* ask for."""
     if options.cache and pipe.cache is None:
         pipe = attrs.evolve(pipe, cache=Cache(max_entries=options.cache_entries))
+    if options.batching is not False:
+        batcher = StepBatcher() if options.batching is True else options.batching
+        pipe = attrs.evolve(pipe, hooks=(*pipe.hooks, batcher))
     outputs = options.outputs or default_outputs(pipe.blocks.outputs)
     return PipelineRunner(pipe, outputs, options.preview_value)
 

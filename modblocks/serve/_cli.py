@@ -8,14 +8,18 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from modblocks._batching import StepBatcher
 from modblocks._node import Node
 from modblocks._pipeline import Pipeline
 from modblocks._progress import progress
 from modblocks.exceptions import ModblocksError
 
 from ._request import Limits
+
+if TYPE_CHECKING:
+    from ._app import ServeOptions
 
 __all__ = ["load_pipeline", "main"]
 
@@ -65,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("MODBLOCKS_TOKEN"),
         help="bearer token for /runs (default: $MODBLOCKS_TOKEN; none: no auth)",
     )
-    add("--concurrency", type=int, default=1, help="runs at once (default: 1)")
+    add("--concurrency", type=int, help="runs at once (default: 1, or 8 with --batching)")
     add("--max-queue", type=int, default=64, help="runs waiting beyond those (default: 64)")
     add("--keep", type=int, default=256, help="finished runs kept for GET /runs/{id}")
     add("--no-cache", action="store_true", help="no shared cache across requests")
@@ -76,21 +80,30 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-request-mb", type=float, default=32, help="largest request body (MB)")
     add("--max-image-mb", type=float, default=16, help="largest image file (MB)")
     add("--max-image-pixels", type=int, default=4096 * 4096, help="most pixels per image")
+    add(
+        "--batching",
+        action="store_true",
+        help="batch the denoising steps of the runs in flight (continuous batching)",
+    )
+    add("--batch-wait", type=float, default=50, help="ms a step waits for other runs (default: 50)")
+    add("--max-batch-rows", type=int, help="most rows in one batched model call (default: any)")
+    add("--batch-parallel", type=int, default=1, help="parts of each batch run at once")
     add("--log-level", default="info", help="uvicorn's log level")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line, load the pipeline and serve it with uvicorn until stopped."""
-    import uvicorn
+def _options(args: argparse.Namespace) -> ServeOptions:
+    """The server's options from the parsed command line."""
+    from ._app import ServeOptions
 
-    from ._app import ServeOptions, create_app
-
-    args = _parser().parse_args(argv)
-    progress(disable=True)  # a server reports steps in its events, not as bars in its log
-    pipe = load_pipeline(args.target)
-    options = ServeOptions(
-        concurrency=args.concurrency,
+    batching: StepBatcher | bool = args.batching and StepBatcher(
+        max_wait=args.batch_wait / 1000,
+        max_rows=args.max_batch_rows,
+        parallel=args.batch_parallel,
+    )
+    return ServeOptions(
+        concurrency=args.concurrency or (8 if args.batching else 1),
+        batching=batching,
         max_queue=args.max_queue,
         keep=args.keep,
         cache=not args.no_cache,
@@ -105,6 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_image_pixels=args.max_image_pixels,
         ),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, load the pipeline and serve it with uvicorn until stopped."""
+    import uvicorn
+
+    from ._app import create_app
+
+    args = _parser().parse_args(argv)
+    progress(disable=True)  # a server reports steps in its events, not as bars in its log
+    pipe = load_pipeline(args.target)
+    options = _options(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and options.token is None:
         print(  # noqa: T201 - a warning for the person starting the server
             f"warning: serving on {args.host} without --token: anyone who reaches it can run "

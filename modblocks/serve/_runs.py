@@ -3,9 +3,9 @@
 A `RunManager` takes requests (`submit`) into a bounded queue; *concurrency* worker threads
 take them out and hand each to a *runner*, a callable that runs one `Job` and returns its
 JSON-ready result (`PipelineRunner` runs the pipeline in this process; `modblocks.ray.serve`
-gives one that runs it on Ray Serve replicas). A batching layer that merges the denoising
-steps of concurrent jobs is such a runner: the queue, the records and the HTTP API stay as
-they are.
+gives one that runs it on Ray Serve replicas). Step-level batching is a hook of the pipeline
+the runner calls (`modblocks.StepBatcher`): the workers' concurrent runs share each model
+call, and the queue, the records and the HTTP API stay as they are.
 
 Each run keeps a bounded log of progress messages, which the event stream replays to late
 subscribers; finished runs are kept (for ``GET /runs/{id}``) up to *keep*, oldest first out.
