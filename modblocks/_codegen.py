@@ -93,17 +93,28 @@ def _indent(lines: list[str], depth: int) -> str:
 # -- blocks --------------------------------------------------------------------------------
 
 
-def _call_lines(plan: Call, tag: str) -> tuple[list[str], dict[str, Any]]:
-    """Python lines that run the block *plan* on the values ``v`` (inlined by sequences)."""
+def _call_lines(
+    plan: Call, tag: str, known: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """Python lines that run the block *plan* on the values ``v`` (inlined by sequences).
+
+    *known* maps the names that earlier lines of the same straight-line code wrote to the
+    locals holding them: those are read from the locals (a dict lookup saved per read), and
+    the values this block writes are added to it.
+    """
     ns: dict[str, Any] = {f"f{tag}": plan.fn, f"bad{tag}": plan.bad_result}
     lines: list[str] = []
+    local = {} if known is None else known
     for pos, (key, value) in enumerate(plan.bound):
         ns[f"b{tag}_{pos}"] = value
         lines.append(f"v[{key!r}] = b{tag}_{pos}")
+        local.pop(key, None)
     args: list[str] = []
     for pos, arg in enumerate(plan.args):
         if arg.bound is not None:
             expr = f"b{tag}_{arg.bound}"
+        elif arg.key in local:
+            expr = local[arg.key]
         elif arg.default is NOTHING:
             expr = f"v[{arg.key!r}]"
         else:
@@ -112,18 +123,32 @@ def _call_lines(plan: Call, tag: str) -> tuple[list[str], dict[str, Any]]:
         args.append(f"{arg.param}={expr}" if arg.keyword else expr)
     call = f"f{tag}({', '.join(args)})"
     if plan.single:
-        lines.append(f"v[{plan.outputs[0]!r}] = {call}")
+        name = plan.outputs[0]
+        if known is None:
+            lines.append(f"v[{name!r}] = {call}")
+        else:
+            lines.append(f"v[{name!r}] = {_local(known, name, tag, 0)} = {call}")
         return lines, ns
     lines.append(f"r = {call}")
     if plan.result is type(None):
         lines.append(f"if r is not None: bad{tag}(r)")
-    else:
-        ns[f"T{tag}"] = plan.result
-        written = plan.outputs[: len(plan.outputs) - len(plan.bound)]
-        targets = ", ".join(f"v[{name!r}]" for name in written)
-        lines.append(f"if r.__class__ is not T{tag} and not isinstance(r, T{tag}): bad{tag}(r)")
-        lines.append(f"{targets}, = r")
+        return lines, ns
+    ns[f"T{tag}"] = plan.result
+    written = plan.outputs[: len(plan.outputs) - len(plan.bound)]
+    lines.append(f"if r.__class__ is not T{tag} and not isinstance(r, T{tag}): bad{tag}(r)")
+    if known is None:
+        lines.append(f"{', '.join(f'v[{name!r}]' for name in written)}, = r")
+        return lines, ns
+    names = [_local(known, name, tag, pos) for pos, name in enumerate(written)]
+    lines.append(f"{', '.join(names)}, = r")
+    lines += [f"v[{name!r}] = {held}" for name, held in zip(written, names, strict=True)]
     return lines, ns
+
+
+def _local(known: dict[str, str], name: str, tag: str, pos: int) -> str:
+    """The local that holds *name* from here on (the value is also written to ``v``)."""
+    held = known[name] = f"o{tag}_{pos}"
+    return held
 
 
 def _wrap_call(lines: list[str], hooked: bool) -> str:
@@ -149,6 +174,9 @@ class _Body:
         self.lines: list[str] = []
         self.owners: list[int] = []  # per line: the child it belongs to
         self.ns = namespace
+        # Names written so far by the pasted blocks, and the locals holding them: valid while
+        # the code runs straight on (a called child may write any name; it clears them).
+        self.known: dict[str, str] = {}
 
     def add(self, owner: int, *lines: str) -> None:
         self.lines += lines
@@ -163,13 +191,15 @@ class _Body:
                 for j, (name, default) in enumerate(plan.feeds[k]):
                     self.ns[f"fd{tag}_{j}"] = default
                     self.add(k, f"if {name!r} not in v: v[{name!r}] = fd{tag}_{j}")
+                    self.known.pop(name, None)
             if isinstance(child, Call):
-                call_lines, call_ns = _call_lines(child, tag)
+                call_lines, call_ns = _call_lines(child, tag, self.known)
                 self.ns.update(call_ns)
                 self.add(k, *call_lines)
             else:
                 self.ns[f"x{tag}"] = fast(child)
                 self.add(k, f"x{tag}(v, run)")
+                self.known.clear()
 
     def owner_of(self, first_line: int) -> dict[int, int]:
         """Source line number → child, for lines starting at *first_line*."""

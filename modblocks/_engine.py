@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 import attrs
 
 from ._cache import Cache
-from ._codegen import Cursor, fast, hooked
+from ._codegen import Cursor, Exec, fast, hooked
 from ._events import Event, EventKind
 from ._failure import BLOCK, CANCELLED, Failure, missing_message, to_error
 from ._names import did_you_mean, listed
@@ -287,6 +287,8 @@ class _Events(Hook):
 class Runnable(Protocol):
     """What the engine needs of a node."""
 
+    __dict__: dict[str, Any]  # where `run_plain` keeps what it gathered
+
     @property
     def _plan(self) -> Plan: ...
     @property
@@ -370,24 +372,44 @@ def run_plain(node: Runnable, values: Values) -> State:
     What `execute` does for a run without options, in fewer steps: a call per block is all
     that this path adds to the blocks' own work.
     """
-    iface = node._iface
-    if not iface.accepted.issuperset(values) or not iface.required.issubset(values):
-        return execute(node, None, values)  # it reports the names
-    check_values(node, values)
-    plan = node._plan
-    function = plan.__dict__.get("_fast")
-    if function is None:
-        if needs_hooks(plan):
-            return execute(node, None, values)
-        function = fast(plan)
+    entry: _Plain | None = node.__dict__.get("_plain")
+    if entry is None:
+        entry = _plain_entry(node)
+    accepted, required, checks, function, label = entry
+    if function is None or not values.keys() <= accepted or not required <= values.keys():
+        return execute(node, None, values)  # it reports the names, or runs the hooked path
+    for name, value in values.items():
+        check = checks.get(name)
+        if check is None:
+            continue
+        if isinstance(check, tuple):
+            if isinstance(value, check):
+                continue
+        elif check(value):
+            continue
+        check_values(node, {name: value})  # raises, with the message
     try:
         function(values, None)
     except Failure as failure:
-        label = node._label if node._named else None
         if label is not None:
             failure.add(label)
         raise to_error(failure, State._adopt(values)) from failure.cause
     return State._adopt(values)
+
+
+_Plain: TypeAlias = (
+    "tuple[frozenset[str], frozenset[str], dict[str, Check], Exec | None, str | None]"
+)
+
+
+def _plain_entry(node: Runnable) -> _Plain:
+    """What `run_plain` needs of *node*, gathered once and kept on the node."""
+    iface, plan = node._iface, node._plan
+    function = None if needs_hooks(plan) else fast(plan)
+    label = node._label if node._named else None
+    entry = (iface.accepted, iface.required, node._input_checks, function, label)
+    node.__dict__["_plain"] = entry
+    return entry
 
 
 def _as_mapping(state: object, node: Runnable) -> Mapping[str, Any]:

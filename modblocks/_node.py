@@ -277,7 +277,7 @@ class Node:
     def __getstate__(self) -> dict[str, Any]:
         # Plans and generated functions are rebuilt on first use after unpickling.
         state = dict(self.__dict__)
-        for name in ("_plan_made", "_identity", "_checks_made"):
+        for name in ("_plan_made", "_identity", "_checks_made", "_plain"):
             state.pop(name, None)
         return state
 

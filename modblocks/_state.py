@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, KeysView, Mapping, Sequence
+from collections.abc import Callable, Iterator, KeysView, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
@@ -83,11 +83,11 @@ class State(Mapping[str, Any]):
         )
         raise FrozenStateError(msg, name=name)
 
-    @classmethod
-    def _adopt(cls, values: dict[str, Any]) -> State:
+    @staticmethod
+    def _adopt(values: dict[str, Any]) -> State:
         """Wrap a dict that nobody else will mutate, without copying it."""
-        state = cls.__new__(cls)
-        object.__setattr__(state, "_values", values)
+        state = _new(State)
+        _set_values(state, values)  # the slot's own setter: the cheapest way past `frozen`
         return state
 
     def __getitem__(self, name: str) -> Any:
@@ -177,3 +177,7 @@ def _no_delattr(self: State, name: str) -> None:  # noqa: ARG001 - as __delattr_
 # after the fact by ones that say what to do instead (attrs' error is the base class).
 State.__setattr__ = _no_setattr  # type: ignore[method-assign,assignment]
 State.__delattr__ = _no_delattr  # type: ignore[method-assign,assignment]
+
+
+_new: Callable[[type[State]], State] = object.__new__
+_set_values: Callable[[State, dict[str, Any]], None] = State.__dict__["_values"].__set__
