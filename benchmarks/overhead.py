@@ -146,6 +146,27 @@ def modblocks_chain(mb: Any, n: int) -> Any:
     return functools.reduce(lambda a, b: a >> b, blocks)
 
 
+def build_modblocks_listened(mb: Any, n: int, option: str) -> Thunk:
+    """Return a thunk running the chain with an ``events=`` listener or an ``on_step`` callback.
+
+    Either option takes the hooked path (each block handed to the run's hooks); the events
+    listener hears a start and a finish per block.
+    """
+    seq = modblocks_chain(mb, n)
+    key = f"x{n}"
+    run = seq.run
+    heard: list[Any] = []
+    options: dict[str, Any] = (
+        {"events": heard.append} if option == "events" else {"on_step": lambda _step: None}
+    )
+
+    def call() -> int:
+        heard.clear()
+        return run(x0=START, **options)[key]
+
+    return call
+
+
 def build_modblocks(mb: Any, n: int) -> Thunk:
     """Return a thunk running ``seq.run(x0=1)["x_n"]`` on a modblocks chain."""
     seq = modblocks_chain(mb, n)
@@ -290,6 +311,10 @@ def chain_table(mb: Any, settings: _harness.Settings, notes: dict[str, str]) -> 
         }
         if mb is not None:
             builders["modblocks"] = functools.partial(build_modblocks, mb, n)
+            for option in ("events", "on_step"):
+                builders[f"modblocks + {option}"] = functools.partial(
+                    build_modblocks_listened, mb, n, option
+                )
         builders["diffusers"] = functools.partial(build_diffusers, n)
         builders["pipefunc"] = functools.partial(build_pipefunc, n)
         thunks = _build_all(builders, n + START, notes)
@@ -299,7 +324,8 @@ def chain_table(mb: Any, settings: _harness.Settings, notes: dict[str, str]) -> 
             for name in timings
         }
         reference = per_block.get("modblocks")
-        for name in ("hand-written", "modblocks", "diffusers", "pipefunc"):
+        names = ("hand-written", "modblocks", "modblocks + events", "modblocks + on_step")
+        for name in (*names, "diffusers", "pipefunc"):
             if name not in timings:
                 rows.append([f"N={n} {name}", _harness.NA, _harness.NA, _harness.NA])
                 continue

@@ -22,7 +22,7 @@ import attrs
 
 from ._cache import Cache
 from ._codegen import Cursor, Exec, fast, hooked
-from ._events import Event, EventKind
+from ._events import Event, EventKind, make_event
 from ._failure import BLOCK, CANCELLED, Failure, missing_message, to_error
 from ._names import did_you_mean, listed
 from ._paths import Path, Segment, parse
@@ -136,6 +136,13 @@ class Hook:
         return wrapped
 
 
+# Segments and paths are made once and shared (immutable): events and hooks ask for them per
+# block. Bounded, as loop steps make new ones; losing them costs only their remaking.
+_SEGMENTS: dict[str, Segment] = {}
+_PATHS: dict[tuple[Segment, ...], Path] = {}
+_KEPT_PATHS = 4096
+
+
 class Run:
     """One hooked run: its path, callbacks, token and the chain of hooks around each unit."""
 
@@ -159,13 +166,23 @@ class Run:
         # each one we are inside, so step states can be shown as the whole run's state.
         self.views: list[tuple[Values, dict[str, str]]] = []
 
+        where, clock = self.where, time.perf_counter
+
         def base(plan: Plan, values: Values, at: Cursor | None) -> None:
-            found = plan.__dict__.get("_hooked")
-            (found or hooked(plan))(values, self, at)
+            function = plan.__dict__.get("_hooked") or hooked(plan)
+            if events is None or plan.kind != "block":
+                function(values, self, at)
+                return
+            # The listener hears blocks as they really run, inside every hook (a block served
+            # from the cache is heard as "cached", from the cache hook).
+            path = where()
+            _send(events, make_event("started", path))
+            start = clock()
+            function(values, self, at)
+            _send(events, make_event("finished", path, seconds=clock() - start))
 
         chain: UnitCall = base
-        listeners = (_Events(events),) if events is not None else ()
-        for hook in reversed((*hooks, *listeners)):  # the first hook is the outermost
+        for hook in reversed(tuple(hooks)):  # the first hook is the outermost
             chain = hook.wrap(chain, self)
         self._chain = chain
 
@@ -175,7 +192,12 @@ class Run:
             self._chain(plan, values, at)
             return
         path = self.path
-        path.append(Segment(label))
+        segment = _SEGMENTS.get(label)
+        if segment is None:
+            if len(_SEGMENTS) >= _KEPT_PATHS:
+                _SEGMENTS.clear()
+            segment = _SEGMENTS[label] = Segment(label)
+        path.append(segment)
         try:
             if self.cancel is not None and self.cancel.cancelled:
                 raise Failure(CANCELLED)  # before it starts (and before a cache looks it up)
@@ -189,12 +211,18 @@ class Run:
         At the top of a run of an anonymous sequence (which has no segment of its own), the
         path is ``sequence``, as the sequence calls itself in messages.
         """
-        return Path.of(self.path or (Segment("sequence"),))
+        key = tuple(self.path) or (Segment("sequence"),)
+        found = _PATHS.get(key)
+        if found is None:
+            if len(_PATHS) >= _KEPT_PATHS:
+                _PATHS.clear()
+            found = _PATHS[key] = Path.of(key)
+        return found
 
     def emit(self, kind: EventKind, **fields: Any) -> None:
         """Send an event for the current path, when someone listens."""
         if self.events is not None:
-            _send(self.events, Event(kind, self.where(), **fields))
+            _send(self.events, make_event(kind, self.where(), **fields))
 
     def after_step(
         self, plan: Repeat, index: int, element: Any, total: int, values: Values
@@ -205,7 +233,7 @@ class Run:
             return False
         where = Path.of([*self.path[:-1], Segment(self.path[-1].name)])  # the loop, not its step
         if self.events is not None:
-            _send(self.events, Event("step", where, index=index, total=total))
+            _send(self.events, make_event("step", where, index=index, total=total))
         if not callbacks and self.sink is None:
             return False
         hidden = (plan.index, plan.item)
@@ -256,29 +284,6 @@ def _send(listener: Callable[[Event], None], event: Event) -> None:
     except Exception as exc:  # noqa: BLE001 - a failure of the listener, not of a block
         message = f"raised {type(exc).__name__}: {exc} (the `events=` callback)"
         raise Failure(BLOCK, exc, message=message, block="events") from None
-
-
-class _Events(Hook):
-    """Tells the ``events=`` listener when each block starts and finishes."""
-
-    def __init__(self, listener: Callable[[Event], None]) -> None:
-        self.listener = listener
-
-    def wrap(self, call: UnitCall, run: Run) -> UnitCall:
-        listener = self.listener
-        clock = time.perf_counter
-
-        def timed(plan: Plan, values: Values, at: Cursor | None) -> None:
-            if plan.kind != "block":
-                call(plan, values, at)
-                return
-            path = run.where()
-            _send(listener, Event("started", path))
-            start = clock()
-            call(plan, values, at)
-            _send(listener, Event("finished", path, seconds=clock() - start))
-
-        return timed
 
 
 # -- running a node ------------------------------------------------------------------------

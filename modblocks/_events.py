@@ -31,6 +31,29 @@ class Event:
     total: int | None = None
 
 
+_new = object.__new__
+_set_kind, _set_path, _set_seconds, _set_index, _set_total = (
+    Event.__dict__[name].__set__ for name in ("kind", "path", "seconds", "index", "total")
+)
+
+
+def make_event(
+    kind: EventKind,
+    path: str,
+    seconds: float | None = None,
+    index: int | None = None,
+    total: int | None = None,
+) -> Event:
+    """`Event(...)` for the engine, through the slots' own setters (a few per block matter)."""
+    event: Event = _new(Event)
+    _set_kind(event, kind)
+    _set_path(event, path)
+    _set_seconds(event, seconds)
+    _set_index(event, index)
+    _set_total(event, total)
+    return event
+
+
 @attrs.define
 class Report:
     """Collects the events of a run: pass it as ``events=`` and print it afterwards.
