@@ -146,6 +146,10 @@ def modblocks_chain(mb: Any, n: int) -> Any:
     return functools.reduce(lambda a, b: a >> b, blocks)
 
 
+def _ignore_step(_step: Any) -> None:
+    """A step callback that does nothing (its cost is the engine's)."""
+
+
 def build_modblocks_listened(mb: Any, n: int, option: str) -> Thunk:
     """Return a thunk running the chain with an ``events=`` listener or an ``on_step`` callback.
 
@@ -157,7 +161,7 @@ def build_modblocks_listened(mb: Any, n: int, option: str) -> Thunk:
     run = seq.run
     heard: list[Any] = []
     options: dict[str, Any] = (
-        {"events": heard.append} if option == "events" else {"on_step": lambda _step: None}
+        {"events": heard.append} if option == "events" else {"on_step": _ignore_step}
     )
 
     def call() -> int:

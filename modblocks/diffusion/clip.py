@@ -21,6 +21,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from .text import negative_texts, per_image, texts_per_prompt, tokenize, warn_if_truncated
 
 __all__ = [
@@ -71,7 +72,7 @@ def _last_hidden_state(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def encode_prompt(
     text_encoder: mb.Component[CLIPTextModel],
     tokenizer: mb.Component[PreTrainedTokenizerBase],
@@ -240,7 +241,7 @@ def check_pooled_prompts(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def encode_prompt_xl(
     text_encoder_2: mb.Component[CLIPTextModelWithProjection],
     tokenizer_2: mb.Component[PreTrainedTokenizerBase],

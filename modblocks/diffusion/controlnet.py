@@ -54,6 +54,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import edit_denoise, edit_sequences
+from ._grad import no_grad
 from ._scheduler import typed
 from .families.sd import stable_diffusion
 from .families.sdxl import stable_diffusion_xl
@@ -107,7 +108,7 @@ class ControlImage(NamedTuple):
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_control_image(
     control_image: Annotated[
         PipelineImageInput | list[PipelineImageInput],
@@ -240,7 +241,7 @@ def _control_input(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def controlnet_residuals(
     latents: Annotated[torch.Tensor, Doc("the current latents")],
     latent_model_input: Annotated[torch.Tensor, Doc("the UNet's input (without mask channels)")],
@@ -276,7 +277,7 @@ def controlnet_residuals(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def controlnet_residuals_xl(
     latents: Annotated[torch.Tensor, Doc("the current latents")],
     latent_model_input: Annotated[torch.Tensor, Doc("the UNet's input (without mask channels)")],

@@ -19,6 +19,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from ._scheduler import typed
 from .common import Generator
 from .guidance import guide
@@ -84,7 +85,7 @@ def add_inpaint_channels(
 
 
 @mb.block(output="noise_pred")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def predict_noise(
     latent_model_input: Annotated[torch.Tensor, Doc("the UNet's input")],
     t: Annotated[torch.Tensor, _T_DOC],
@@ -113,7 +114,7 @@ def predict_noise(
 
 
 @mb.block(output="noise_pred")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def predict_noise_xl(
     latent_model_input: Annotated[torch.Tensor, Doc("the UNet's input")],
     t: Annotated[torch.Tensor, _T_DOC],

@@ -22,6 +22,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from ._scheduler import typed
 from .denoise import scale_model_input, scheduler_step
 from .guidance import cfg, cfg_keeping_norm, skip_layer_guidance
@@ -59,7 +60,7 @@ def prepare_guidance_flux(
 
 
 @mb.block(output="noise_pred")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def predict_noise_flux(
     latents: Annotated[torch.Tensor, Doc("the current latents, packed")],
     t: Annotated[torch.Tensor, _T_DOC],
@@ -104,7 +105,7 @@ def predict_noise_flux(
 
 
 @mb.block(output="noise_pred")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def predict_noise_qwen(
     latents: Annotated[torch.Tensor, Doc("the current latents, packed")],
     t: Annotated[torch.Tensor, _T_DOC],
@@ -163,7 +164,7 @@ def blend_masked_latents_flow(
 
 
 @mb.block(output="noise_pred")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def predict_noise_sd3(
     latent_model_input: Annotated[torch.Tensor, Doc("the transformer's input")],
     latents: Annotated[torch.Tensor, Doc("the current latents")],

@@ -18,6 +18,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from ._scheduler import typed
 from .common import DTYPE_DOC, GENERATOR_DOC, Generator, check_generators, copies
 from .vae import encode_image_flow, vae_scale_factor
@@ -91,7 +92,7 @@ def prepare_latents_sd3(
 
 
 @mb.block(output="latents")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_img2img_latents_sd3(
     init_image: Annotated[torch.Tensor, Doc("the image(s) in [-1, 1], or their latents")],
     timesteps: Annotated[

@@ -52,6 +52,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import edit_denoise
+from ._grad import no_grad
 from .denoise import _DOWN_DOC, _IMAGE_EMBEDS_DOC, _MID_DOC, Residuals
 from .guidance import guide, rescale_noise_cfg
 
@@ -237,7 +238,7 @@ _KWARGS_DOC = Doc('passed to the attention processors, e.g. `{"scale": 0.5}` for
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def predict_noise_guided(
     latent_model_input: Annotated[torch.Tensor, Doc("the UNet's input")],
     t: Annotated[torch.Tensor, Doc("the current timestep")],
@@ -287,7 +288,7 @@ def predict_noise_guided(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def predict_noise_guided_xl(
     latent_model_input: Annotated[torch.Tensor, Doc("the UNet's input")],
     t: Annotated[torch.Tensor, Doc("the current timestep")],

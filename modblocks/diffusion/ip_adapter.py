@@ -52,6 +52,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import edit_sequences
+from ._grad import no_grad
 from .common import device_of, dtype_of
 
 __all__ = [
@@ -169,7 +170,7 @@ def unload_ip_adapter(pipe: mb.Pipeline) -> None:
 
 
 @mb.block(output="image_embeds")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_ip_adapter_image_embeds(
     batch_size: Annotated[int, Doc("number of images")],
     do_cfg: Annotated[bool, Doc("whether classifier-free guidance is on")],

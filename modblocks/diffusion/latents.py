@@ -20,6 +20,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from ._scheduler import typed
 from .common import DTYPE_DOC, GENERATOR_DOC, Generator, check_generators, copies, device_of
 from .vae import encode_image, encode_image_xl, vae_scale_factor
@@ -105,7 +106,7 @@ def _noised(
 
 
 @mb.block(output="latents")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_img2img_latents(
     init_image: Annotated[torch.Tensor, _INIT_IMAGE_DOC],
     timesteps: Annotated[torch.Tensor, _TIMESTEPS_DOC],
@@ -123,7 +124,7 @@ def prepare_img2img_latents(
 
 
 @mb.block(output="latents")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_img2img_latents_xl(
     init_image: Annotated[torch.Tensor, _INIT_IMAGE_DOC],
     timesteps: Annotated[torch.Tensor, _TIMESTEPS_DOC],
@@ -231,7 +232,7 @@ def _latents_shape(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_inpaint_latents(
     init_image: Annotated[torch.Tensor, _INIT_IMAGE_DOC],
     timesteps: Annotated[torch.Tensor, _TIMESTEPS_DOC],
@@ -262,7 +263,7 @@ def prepare_inpaint_latents(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_inpaint_latents_xl(
     init_image: Annotated[torch.Tensor, _INIT_IMAGE_DOC],
     timesteps: Annotated[torch.Tensor, _TIMESTEPS_DOC],
@@ -347,7 +348,7 @@ _MASKED_DOC = Doc("precomputed latents of the masked image")
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_mask_latents(
     mask_condition: Annotated[torch.Tensor, _MASK_DOC],
     init_image: Annotated[torch.Tensor, Doc("the image(s) in [-1, 1]")],
@@ -368,7 +369,7 @@ def prepare_mask_latents(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_mask_latents_xl(
     mask_condition: Annotated[torch.Tensor, _MASK_DOC],
     init_image: Annotated[torch.Tensor, Doc("the image(s) in [-1, 1]")],

@@ -19,6 +19,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from .common import DTYPE_DOC, GENERATOR_DOC, Generator, OutputType, check_generators, copies
 from .flow_latents import image_latents_flow, noise_like, scale_noise
 from .latents import MaskLatents
@@ -115,7 +116,7 @@ def prepare_latents_flux(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_img2img_latents_flux(
     init_image: Annotated[torch.Tensor, _INIT_IMAGE_DOC],
     timesteps: Annotated[torch.Tensor, _TIMESTEPS_DOC],
@@ -152,7 +153,7 @@ class PackedInpaintLatents(NamedTuple):
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_inpaint_latents_flux(
     init_image: Annotated[torch.Tensor, _INIT_IMAGE_DOC],
     timesteps: Annotated[torch.Tensor, _TIMESTEPS_DOC],
@@ -189,7 +190,7 @@ def prepare_inpaint_latents_flux(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def prepare_mask_latents_flux(
     mask_condition: Annotated[torch.Tensor, Doc("the binary mask, at the image's size")],
     init_image: Annotated[torch.Tensor, Doc("the image(s) in [-1, 1]")],

@@ -40,6 +40,7 @@ from typing_extensions import Doc
 import modblocks as mb
 
 from ._edit import replace_block
+from ._grad import no_grad
 from .clip import PromptEmbeds, PromptEmbedsXL, encode_prompt, encode_prompt_xl
 from .text import negative_texts, texts_per_prompt
 
@@ -153,7 +154,7 @@ _NEGATIVE_DOC = Doc("what not to draw, with the same syntax; empty when not give
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def encode_weighted_prompt(
     text_encoder: mb.Component[CLIPTextModel],
     tokenizer: mb.Component[PreTrainedTokenizerBase],
@@ -199,7 +200,7 @@ def encode_weighted_prompt(
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def encode_weighted_prompt_xl(
     text_encoder: mb.Component[CLIPTextModel],
     tokenizer: mb.Component[PreTrainedTokenizerBase],

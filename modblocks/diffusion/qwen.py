@@ -21,6 +21,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from .text import texts_per_prompt, tokenize
 
 __all__ = ["QwenPromptEmbeds", "encode_prompt_qwen", "qwen_hidden_states"]
@@ -81,7 +82,7 @@ class QwenPromptEmbeds(NamedTuple):
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def encode_prompt_qwen(
     text_encoder: mb.Component[Qwen2_5_VLForConditionalGeneration],
     tokenizer: mb.Component[PreTrainedTokenizerBase],

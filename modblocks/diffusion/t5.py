@@ -24,6 +24,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from .clip import check_pooled_prompts, clip_hidden_states, clip_pooled
 from .text import negative_texts, per_image, texts_per_prompt, tokenize, warn_if_truncated
 
@@ -80,7 +81,7 @@ class FluxPromptEmbeds(NamedTuple):
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def encode_prompt_flux(
     text_encoder: mb.Component[CLIPTextModel],
     tokenizer: mb.Component[PreTrainedTokenizerBase],
@@ -200,7 +201,7 @@ class SD3PromptEmbeds(NamedTuple):
 
 
 @mb.block
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def encode_prompt_sd3(
     text_encoder: mb.Component[CLIPTextModelWithProjection],
     tokenizer: mb.Component[PreTrainedTokenizerBase],

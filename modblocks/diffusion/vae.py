@@ -20,6 +20,7 @@ from typing_extensions import Doc
 
 import modblocks as mb
 
+from ._grad import no_grad
 from .common import Generator, Images, OutputType, dtype_of
 
 __all__ = [
@@ -101,7 +102,7 @@ def encode_image(vae: AutoencoderKL, image: torch.Tensor, generator: Generator) 
 
 
 @mb.block(output="decoded")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def decode_latents(
     latents: Annotated[torch.Tensor, Doc("the denoised latents")],
     vae: mb.Component[AutoencoderKL],
@@ -177,7 +178,7 @@ def encode_image_xl(
 
 
 @mb.block(output="decoded")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def decode_latents_xl(
     latents: Annotated[torch.Tensor, Doc("the denoised latents")],
     vae: mb.Component[AutoencoderKL],
@@ -214,7 +215,7 @@ def encode_image_flow(
 
 
 @mb.block(output="decoded")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def decode_latents_flow(
     latents: Annotated[torch.Tensor, Doc("the denoised latents")],
     vae: mb.Component[AutoencoderKL],
@@ -228,7 +229,7 @@ def decode_latents_flow(
 
 
 @mb.block(output="decoded")
-@torch.no_grad()  # inference only, also when run outside a Pipeline
+@no_grad  # inference only, also when run outside a Pipeline
 def decode_latents_qwen(
     latents: Annotated[torch.Tensor, Doc("the denoised latents `(batch, c, h, w)`")],
     vae: mb.Component[AutoencoderKLQwenImage],
