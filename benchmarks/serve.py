@@ -178,7 +178,7 @@ def _burst(
 
 
 def _table(
-    rows: Sequence[tuple[str, Any, Sequence[dict[str, Any]]]], rounds: int
+    rows: Sequence[tuple[str, Any, Sequence[dict[str, Any]]]], rounds: int, clients: int = CLIENTS
 ) -> tuple[str, dict[str, float]]:
     """Serve every row at once; send each row's requests in *rounds* bursts, rows interleaved.
 
@@ -188,20 +188,20 @@ def _table(
     spent = [0.0] * len(rows)
     latencies: list[list[float]] = [[] for _ in rows]
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(CLIENTS))
-        clients: list[list[httpx.Client]] = []
+        pool = stack.enter_context(ThreadPoolExecutor(clients))
+        connected: list[list[httpx.Client]] = []
         for _, app, bodies in rows:
             url = stack.enter_context(_server(app))
-            made = [httpx.Client(base_url=url, timeout=600) for _ in range(CLIENTS)]
-            clients.append([stack.enter_context(c) for c in made])
-            _burst(pool, clients[-1], bodies[:2])  # warm up: first calls, lazy imports
+            made = [httpx.Client(base_url=url, timeout=600) for _ in range(clients)]
+            connected.append([stack.enter_context(c) for c in made])
+            _burst(pool, connected[-1], bodies[:2])  # warm up: first calls, lazy imports
         for round_ in range(rounds):
             order = list(range(len(rows)))
             order = order[round_ % len(order) :] + order[: round_ % len(order)]
             for index in order:
                 bodies = rows[index][2][round_::rounds]
                 began = time.perf_counter()
-                latencies[index] += _burst(pool, clients[index], bodies)
+                latencies[index] += _burst(pool, connected[index], bodies)
                 spent[index] += time.perf_counter() - began
     throughput = [len(bodies) / spent[index] for index, (_, _, bodies) in enumerate(rows)]
     table = [
@@ -241,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batching", choices=("off", "on"), default="on", help="the rows with step-level batching"
     )
+    parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent clients")
     parser.add_argument(
-        "--batch-concurrency", type=int, default=CLIENTS, help="runs in flight with batching"
+        "--batch-concurrency", type=int, help="runs in flight with batching (default: --clients)"
     )
     args = parser.parse_args(argv)
     count = args.requests or (16 if args.quick else 32)
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parallel = ServeOptions(concurrency=args.concurrency, cache=False, max_queue=count)
     serial = ServeOptions(concurrency=1, cache=False, max_queue=count)
     batching = args.batching == "on"
-    in_flight = args.batch_concurrency
+    in_flight = args.batch_concurrency or args.clients
 
     def batched(pipe: mb.Pipeline, name: str, bodies: list[dict[str, Any]]) -> list[Any]:
         """The batching rows of *pipe*: one batch, and two at once (one per core)."""
@@ -305,11 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     _harness.emit(_harness.environment(["modblocks", "torch", "diffusers", "fastapi", "uvicorn"]))
     _harness.emit(
-        f"{CLIENTS} concurrent clients, {count} requests per row in {args.rounds} interleaved "
+        f"{args.clients} concurrent clients, {count} requests per row in {args.rounds} interleaved "
         f"bursts, {steps} steps, cache off, "
         f"batching {args.batching}; torch threads: {torch.get_num_threads()}.\n"
     )
-    table, throughput = _table(rows, args.rounds)
+    table, throughput = _table(rows, args.rounds, args.clients)
     _harness.emit(table)
     if batching:
         gains = [
