@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ._sources import Source
 
-__all__ = ["Lazy", "resolve"]
+__all__ = ["Lazy", "ordinary_tensors", "resolve"]
+
+
+@contextlib.contextmanager
+def ordinary_tensors() -> Iterator[None]:
+    """Make tensors outside `torch.inference_mode()`, also when a run (which is in it) asks.
+
+    Weights loaded or moved inside inference mode would be inference tensors for good: no
+    in-place change (``load_state_dict``, fusing a LoRA) outside it, no autograd, and no
+    version counter for a cache to watch.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False):
+        yield
 
 
 class Lazy:
@@ -54,12 +73,13 @@ class Lazy:
             return value
         with self._lock:
             if self._value is None:
-                self._value = self._moved(self.source.load())
+                self._value = self.load()
             return self._value
 
     def load(self) -> Any:
         """Load a new copy from the source; it is not kept (see `get`)."""
-        return self._moved(self.source.load())
+        with ordinary_tensors():
+            return self._moved(self.source.load())
 
     def free(self) -> bool:
         """Drop the loaded copy (the next `get` loads it again); return whether one was held."""

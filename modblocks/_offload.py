@@ -31,7 +31,7 @@ from typing import Any
 
 from ._codegen import Cursor
 from ._engine import Hook, Run, UnitCall
-from ._lazy import Lazy, resolve
+from ._lazy import Lazy, ordinary_tensors, resolve
 from ._plan import BLOCK, LOOP, Plan
 from .exceptions import WiringError
 
@@ -236,7 +236,8 @@ class ModelOffload(Placement):
         if self.mover is not None:
             self.mover(model, device)
         else:
-            model.to(device)
+            with ordinary_tensors():  # the run is in inference mode: keep the weights usable
+                model.to(device)
 
     def _free_bytes(self) -> int:
         if self.memory is not None:

@@ -237,3 +237,26 @@ def test_to_moves_a_lazy_component_when_it_loads(folder):
     out = pipe(noise=NOISE.double(), timestep=10, output="sample")
     assert out.dtype == torch.float64
     assert registry["unet"].value.dtype == torch.float64
+
+
+def test_a_lazy_model_loaded_during_a_run_is_an_ordinary_model(folder):
+    # Runs are under `torch.inference_mode()`; a model loaded there would hold inference
+    # tensors: no in-place change outside it, no autograd, no version counter for a cache.
+    pipe = mb.Pipeline.from_pretrained(folder, _unet_blocks(), lazy=True)
+    pipe(noise=NOISE, timestep=10)
+    unet = pipe.components["unet"].value
+    assert not any(p.is_inference() for p in unet.parameters())
+    unet.load_state_dict(unet.state_dict())  # in place, outside inference mode
+    training = mb.Pipeline(_unet_blocks(), components=pipe.components, inference_mode=False)
+    noise = NOISE.clone().requires_grad_()
+    training(noise=noise, timestep=10, output="sample").sum().backward()
+    assert noise.grad is not None
+    cached = mb.Pipeline(
+        _unet_blocks(),
+        components={"unet": unet, "scheduler": pipe.components["scheduler"].get()},
+        cache=mb.Cache(),
+    )
+    cached(noise=NOISE, timestep=10)
+    assert cached.cache is not None
+    cached(noise=NOISE, timestep=10)
+    assert cached.cache.stats().hits == 1
