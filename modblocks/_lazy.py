@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ._fingerprint import changes
 from ._sources import Source
 
 __all__ = ["Lazy", "ordinary_tensors", "resolve"]
@@ -42,11 +43,12 @@ class Lazy:
         ``pipe.components["unet"].loaded`` is False until a run reaches the denoising loop.
     """
 
-    __slots__ = ("__weakref__", "_device", "_dtype", "_lock", "_value", "source")
+    __slots__ = ("__weakref__", "_as_loaded", "_device", "_dtype", "_lock", "_value", "source")
 
     def __init__(self, source: Source) -> None:
         self.source = source
         self._value: Any = None
+        self._as_loaded: bytes | None = None  # `changes` of the loaded copy as it loaded
         self._lock = threading.Lock()
         self._device: Any = None  # where `to` moved it: applied to every later load
         self._dtype: Any = None
@@ -73,7 +75,9 @@ class Lazy:
             return value
         with self._lock:
             if self._value is None:
-                self._value = self.load()
+                value = self.load()
+                self._as_loaded = changes(value)
+                self._value = value
             return self._value
 
     def load(self) -> Any:
@@ -85,8 +89,19 @@ class Lazy:
         """Drop the loaded copy (the next `get` loads it again); return whether one was held."""
         with self._lock:
             held = self._value is not None
-            self._value = None
+            self._value = self._as_loaded = None
         return held
+
+    def changed_copy(self) -> Any:
+        """The loaded copy if it changed in place since it loaded (a LoRA, new weights), else None.
+
+        Caches key a `Lazy` by itself while this is None, and by the copy once it changed.
+        """
+        value, as_loaded = self._value, self._as_loaded
+        if value is None:
+            return None
+        now = changes(value)
+        return value if now is None or now != as_loaded else None
 
     def to(self, device: Any = None, dtype: Any = None) -> Lazy:
         """Move the loaded copy, if any, and every later one, to *device* and/or *dtype*."""

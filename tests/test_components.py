@@ -260,3 +260,21 @@ def test_a_lazy_model_loaded_during_a_run_is_an_ordinary_model(folder):
     assert cached.cache is not None
     cached(noise=NOISE, timestep=10)
     assert cached.cache.stats().hits == 1
+
+
+def test_a_cache_sees_a_change_to_a_lazy_models_loaded_copy(folder):
+    pipe = mb.Pipeline.from_pretrained(folder, _unet_blocks(), lazy=True, cache=mb.Cache())
+    before = pipe(noise=NOISE, timestep=10, output="sample")
+    assert torch.equal(pipe(noise=NOISE, timestep=10, output="sample"), before)  # served
+    lazy = pipe.components["unet"]
+    with torch.no_grad():
+        lazy.value.conv_out.weight.mul_(2)  # an optimizer step, a merged LoRA ...
+    changed = mb.Pipeline(
+        _unet_blocks(),
+        components={"unet": lazy.value, "scheduler": pipe.components["scheduler"].get()},
+    )(noise=NOISE, timestep=10, output="sample")
+    assert not torch.equal(changed, before)
+    assert torch.equal(pipe(noise=NOISE, timestep=10, output="sample"), changed)
+    lazy.free()  # loads the weights on disk again: the first result is right again
+    assert torch.equal(pipe(noise=NOISE, timestep=10, output="sample"), before)
+    assert not lazy.loaded  # ... and the cache still serves it without loading
