@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from ._batching import BatchedModel
 from ._codegen import Cursor
 from ._engine import Hook, Run, UnitCall
 from ._lazy import Lazy, ordinary_tensors, resolve
@@ -56,6 +57,11 @@ _ABSENT: Any = object()
 def _is_module(value: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def _model_of(value: Any) -> Any:
+    """The model a `StepBatcher`'s stand-in stands for (placed as that model), or *value*."""
+    return value._model if type(value) is BatchedModel else value
 
 
 def default_device() -> Any:
@@ -131,7 +137,11 @@ class Placement(Hook):
         names: list[str] = []
         for name in unit.components:
             value = values.get(name, _ABSENT)
-            if value is not _ABSENT and id(value) not in active and self.manages(value):
+            if (
+                value is not _ABSENT
+                and id(_model_of(value)) not in active
+                and self.manages(value)
+            ):
                 names.append(name)
         if not names:
             proceed()
@@ -140,12 +150,12 @@ class Placement(Hook):
         placed = self.acquire(bound)
         try:
             for name, one in zip(names, placed, strict=True):
-                active.add(id(one))
+                active.add(id(_model_of(one)))
                 values[name] = one
             proceed()
         finally:
             for name, value, one in zip(names, bound, placed, strict=True):
-                active.discard(id(one))
+                active.discard(id(_model_of(one)))
                 if values.get(name) is one:
                     values[name] = value  # the pipeline's own binding, for the next unit
             self.release(bound, placed)
@@ -252,7 +262,7 @@ class ModelOffload(Placement):
     def acquire(self, values: list[Any]) -> list[Any]:
         """Move the unit's models to the device, after making room for them."""
         placed = [resolve(value) for value in values]
-        models = {id(m): m for m in placed if _is_module(m)}
+        models = {id(m): m for m in map(_model_of, placed) if _is_module(m)}
         with _RESIDENCY.lock:
             incoming = [m for k, m in models.items() if k not in _RESIDENCY.resident]
             needed = sum(_nbytes(m) for m in incoming) if self.keep_free is not None else 0
@@ -274,7 +284,7 @@ class ModelOffload(Placement):
     def release(self, values: list[Any], placed: list[Any]) -> None:  # noqa: ARG002
         """The unit's models stay on the device for the next unit (see `finish`)."""
         with _RESIDENCY.lock:
-            for key in {id(m) for m in placed if _is_module(m)}:
+            for key in {id(m) for m in map(_model_of, placed) if _is_module(m)}:
                 uses = _RESIDENCY.uses.get(key, 1) - 1
                 if uses > 0:
                     _RESIDENCY.uses[key] = uses
@@ -351,7 +361,7 @@ class GroupOffload(Placement):
         """Give each model diffusers' group offloading hooks, once."""
         placed = [resolve(value) for value in values]
         with self._lock:
-            for model in placed:
+            for model in map(_model_of, placed):
                 if _is_module(model) and not _has_group_offloading(model):
                     self._apply(model)
         return placed
