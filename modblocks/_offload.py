@@ -26,7 +26,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from ._batching import BatchedModel
@@ -137,11 +137,7 @@ class Placement(Hook):
         names: list[str] = []
         for name in unit.components:
             value = values.get(name, _ABSENT)
-            if (
-                value is not _ABSENT
-                and id(_model_of(value)) not in active
-                and self.manages(value)
-            ):
+            if value is not _ABSENT and id(_model_of(value)) not in active and self.manages(value):
                 names.append(name)
         if not names:
             proceed()
@@ -273,23 +269,26 @@ class ModelOffload(Placement):
                     break
                 self._evict(key, model, policy)
             now = time.monotonic()
-            for key, model in models.items():
-                _RESIDENCY.uses[key] = _RESIDENCY.uses.get(key, 0) + 1
-                found = _RESIDENCY.resident.get(key)
-                if found is None:
-                    self._move(model, self._device())
-                _RESIDENCY.resident[key] = (model, now, self if found is None else found[2])
+            counted: list[int] = []
+            try:
+                for key, model in models.items():
+                    _RESIDENCY.uses[key] = _RESIDENCY.uses.get(key, 0) + 1
+                    counted.append(key)
+                    found = _RESIDENCY.resident.get(key)
+                    if found is None:
+                        self._move(model, self._device())
+                    _RESIDENCY.resident[key] = (model, now, self if found is None else found[2])
+            except BaseException:
+                # A move failed (out of memory): the unit doesn't run, so it uses nothing,
+                # and the end of the run moves back what did move.
+                _uncount(counted)
+                raise
         return placed
 
     def release(self, values: list[Any], placed: list[Any]) -> None:  # noqa: ARG002
         """The unit's models stay on the device for the next unit (see `finish`)."""
         with _RESIDENCY.lock:
-            for key in {id(m) for m in map(_model_of, placed) if _is_module(m)}:
-                uses = _RESIDENCY.uses.get(key, 1) - 1
-                if uses > 0:
-                    _RESIDENCY.uses[key] = uses
-                else:
-                    _RESIDENCY.uses.pop(key, None)
+            _uncount({id(m) for m in map(_model_of, placed) if _is_module(m)})
 
     def finish(self) -> None:
         """At the end of a run, every idle model goes back (unless *keep_free* keeps it)."""
@@ -301,6 +300,16 @@ class ModelOffload(Placement):
 
     def __repr__(self) -> str:
         return f"ModelOffload(device={self.device!r}, keep_free={self.keep_free!r})"
+
+
+def _uncount(keys: Iterable[int]) -> None:
+    """One use fewer of each model in *keys* (the residency's lock held)."""
+    for key in keys:
+        uses = _RESIDENCY.uses.get(key, 1) - 1
+        if uses > 0:
+            _RESIDENCY.uses[key] = uses
+        else:
+            _RESIDENCY.uses.pop(key, None)
 
 
 def free_memory(device: Any) -> int:
