@@ -125,7 +125,11 @@ class Lazy:
         return value
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Travels as where it lives (a worker process loads its own copy), with its moves.
+        # Travels as where it lives (a worker process loads its own copy), with its moves;
+        # a loaded copy changed since it loaded (a LoRA) travels itself, as the disk lacks it.
+        changed = self.changed_copy()
+        if changed is not None:
+            return (_itself, (changed,))
         return (_unpickle, (self.source, self._device, self._dtype))
 
     def __copy__(self) -> Lazy:
@@ -143,6 +147,10 @@ def _unpickle(source: Source, device: Any, dtype: Any) -> Lazy:
     lazy = Lazy(source)
     lazy._device, lazy._dtype = device, dtype
     return lazy
+
+
+def _itself(value: Any) -> Any:
+    return value
 
 
 def resolve(value: Any) -> Any:

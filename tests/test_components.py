@@ -278,3 +278,20 @@ def test_a_cache_sees_a_change_to_a_lazy_models_loaded_copy(folder):
     lazy.free()  # loads the weights on disk again: the first result is right again
     assert torch.equal(pipe(noise=NOISE, timestep=10, output="sample"), before)
     assert not lazy.loaded  # ... and the cache still serves it without loading
+
+
+def test_a_lazy_component_changed_since_it_loaded_pickles_with_its_changes(folder):
+    # As `pipe.map(executor=ProcessPoolExecutor())` ships it: a worker loading the weights
+    # on disk would silently drop a LoRA or fine-tuned weights.
+    pipe = mb.Pipeline.from_pretrained(folder, _unet_blocks(), lazy=True)
+    pipe(noise=NOISE, timestep=10)
+    with torch.no_grad():
+        pipe.components["unet"].value.conv_out.weight.mul_(2)
+    changed = pipe(noise=NOISE, timestep=10, output="sample")
+    copied = pickle.loads(pickle.dumps(pipe))
+    # The model itself travels: loading it again from disk would lose the change.
+    unet = copied.components["unet"]
+    assert isinstance(unet, UNet2DModel)
+    assert torch.equal(unet.conv_out.weight, pipe.components["unet"].value.conv_out.weight)
+    torch.testing.assert_close(copied(noise=NOISE, timestep=10, output="sample"), changed)
+    assert isinstance(copied.components["scheduler"], mb.Lazy)  # unchanged: where it lives
