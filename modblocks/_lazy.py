@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from ._fingerprint import changes
@@ -15,7 +15,7 @@ __all__ = ["Lazy", "ordinary_tensors", "resolve"]
 
 
 @contextlib.contextmanager
-def ordinary_tensors() -> Iterator[None]:
+def ordinary_tensors() -> Generator[None]:
     """Make tensors outside `torch.inference_mode()`, also when a run (which is in it) asks.
 
     Weights loaded or moved inside inference mode would be inference tensors for good: no
