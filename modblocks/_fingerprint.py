@@ -15,6 +15,8 @@ would serve a stale result, so the rule is by kind:
   storage, version and dtype, their structure, and the state of LoRA layers (see
   `module_digest`), so loading, fusing or scaling a LoRA, replacing a submodule, ``.to()``
   and ``load_state_dict`` are all seen without `touch`;
+- a `Lazy` component: by identity, until its loaded copy changes in place (then by that
+  copy), so loading, freeing and loading it again keep the cache's hits;
 - anything else: by identity, until `touch` says it changed.
 
 A container that holds itself can't be fingerprinted: `CacheKeyError`.
@@ -36,7 +38,7 @@ from typing_extensions import Buffer
 
 from .exceptions import CacheKeyError
 
-__all__ = ["PLAIN", "digest", "fingerprint", "fresh_key", "identity_digest", "touch"]
+__all__ = ["PLAIN", "changes", "digest", "fingerprint", "fresh_key", "identity_digest", "touch"]
 
 PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})  # immutable by value
 _CONTAINERS = (list, tuple, dict, set, frozenset)
@@ -128,6 +130,9 @@ def _fingerprint(value: Any, hash_tensors: bool, seen: set[int]) -> bytes | None
     if is_pil_image(value):
         meta = f"{value.size}|{value.mode}".encode()
         return digest(b"image", meta, value.tobytes())
+    lazy = sys.modules.get("modblocks._lazy")
+    if lazy is not None and kind is lazy.Lazy:
+        return _lazy(value, hash_tensors, seen)
     token = _token(value)
     return None if token is None else digest(b"object", token)
 
@@ -223,6 +228,32 @@ def _watch_registrations() -> None:
     _watching[0] = True
 
 
+def _layout(module: Any) -> tuple[list[Any], list[Any]]:
+    """The module's parameters and buffers, and its LoRA layers (remade when any changes)."""
+    _watch_registrations()
+    epoch = _structure[0]
+    layout = _layouts.get(module)
+    if layout is None or layout[0] != epoch:
+        tensors = [*module.parameters(), *module.buffers()]
+        tuners = [m for m in module.modules() if hasattr(m, "merged_adapters")]
+        layout = (epoch, tensors, tuners)
+        _layouts[module] = layout
+    return layout[1], layout[2]
+
+
+def _adapters(tuners: list[Any]) -> bytes:
+    return repr(
+        [
+            (
+                list(t.merged_adapters),
+                list(getattr(t, "active_adapters", ())),
+                sorted(getattr(t, "scaling", {}).items()),
+            )
+            for t in tuners
+        ]
+    ).encode()
+
+
 def module_digest(module: Any) -> bytes | None:
     """A digest of a model that changes when it does, without `touch` (see `fingerprint`).
 
@@ -235,30 +266,54 @@ def module_digest(module: Any) -> bytes | None:
     token = _token(module)
     if token is None:
         return None
-    _watch_registrations()
-    epoch = _structure[0]
-    layout = _layouts.get(module)
-    if layout is None or layout[0] != epoch:
-        tensors = [*module.parameters(), *module.buffers()]
-        tuners = [m for m in module.modules() if hasattr(m, "merged_adapters")]
-        layout = (epoch, tensors, tuners)
-        _layouts[module] = layout
-    _, tensors, tuners = layout
+    tensors, tuners = _layout(module)
     numbers = array.array("q", [len(tensors)])
-    for tensor in tensors:
-        # dtypes are singletons: their ids tell them apart at no cost.
-        numbers.extend((tensor.data_ptr(), tensor._version, id(tensor.dtype), tensor.get_device()))
-    adapters = repr(
-        [
-            (
-                list(t.merged_adapters),
-                list(getattr(t, "active_adapters", ())),
-                sorted(getattr(t, "scaling", {}).items()),
+    try:
+        for tensor in tensors:
+            # dtypes are singletons: their ids tell them apart at no cost.
+            numbers.extend(
+                (tensor.data_ptr(), tensor._version, id(tensor.dtype), tensor.get_device())
             )
-            for t in tuners
-        ]
-    ).encode()
-    return digest(b"module", token, numbers.tobytes(), adapters)
+    except RuntimeError:
+        return None  # inference tensors (made in inference mode) keep no version counter
+    return digest(b"module", token, numbers.tobytes(), _adapters(tuners))
+
+
+def changes(value: Any) -> bytes | None:
+    """What changes when *value* is changed in place, but not when it is only moved.
+
+    For a model: its parameters and buffers (which objects, their version counters and
+    dtypes) and its LoRA layers, as `module_digest` sees them, but not where the weights are
+    (an offloading policy moves them); for anything else, its `touch` count. A lazy
+    component compares it with the value it had when it loaded. None: can't tell.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.nn.Module):
+        tensors, tuners = _layout(value)
+        numbers = array.array("q", [len(tensors)])
+        try:
+            for tensor in tensors:
+                numbers.extend((id(tensor), tensor._version, id(tensor.dtype)))
+        except RuntimeError:
+            return None  # inference tensors keep no version counter
+        return digest(b"changes", numbers.tobytes(), _adapters(tuners))
+    token = _token(value)
+    entry = _tokens.get(id(value))
+    if token is None or entry is None:
+        return None
+    return entry[2].to_bytes(8, "little")
+
+
+def _lazy(lazy: Any, hash_tensors: bool, seen: set[int]) -> bytes | None:
+    """A lazy component: itself while its loaded copy (if any) is as it loaded, else that."""
+    token = _token(lazy)
+    if token is None:  # pragma: no cover - a `Lazy` takes weak references
+        return None
+    changed = lazy.changed_copy()
+    if changed is None:
+        return digest(b"lazy", token)  # the same whether loaded now or not: a free keeps hits
+    inner = _fingerprint(changed, hash_tensors, seen)
+    return None if inner is None else digest(b"lazy", token, inner)
 
 
 # -- identities ------------------------------------------------------------------------------

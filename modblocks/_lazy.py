@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
+from collections.abc import Generator
 from typing import Any
 
+from ._fingerprint import changes
 from ._sources import Source
 
-__all__ = ["Lazy", "resolve"]
+__all__ = ["Lazy", "ordinary_tensors", "resolve"]
+
+
+@contextlib.contextmanager
+def ordinary_tensors() -> Generator[None]:
+    """Make tensors outside `torch.inference_mode()`, also when a run (which is in it) asks.
+
+    Weights loaded or moved inside inference mode would be inference tensors for good: no
+    in-place change (``load_state_dict``, fusing a LoRA) outside it, no autograd, and no
+    version counter for a cache to watch.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False):
+        yield
 
 
 class Lazy:
@@ -23,11 +43,12 @@ class Lazy:
         ``pipe.components["unet"].loaded`` is False until a run reaches the denoising loop.
     """
 
-    __slots__ = ("__weakref__", "_device", "_dtype", "_lock", "_value", "source")
+    __slots__ = ("__weakref__", "_as_loaded", "_device", "_dtype", "_lock", "_value", "source")
 
     def __init__(self, source: Source) -> None:
         self.source = source
         self._value: Any = None
+        self._as_loaded: bytes | None = None  # `changes` of the loaded copy as it loaded
         self._lock = threading.Lock()
         self._device: Any = None  # where `to` moved it: applied to every later load
         self._dtype: Any = None
@@ -54,19 +75,33 @@ class Lazy:
             return value
         with self._lock:
             if self._value is None:
-                self._value = self._moved(self.source.load())
+                value = self.load()
+                self._as_loaded = changes(value)
+                self._value = value
             return self._value
 
     def load(self) -> Any:
         """Load a new copy from the source; it is not kept (see `get`)."""
-        return self._moved(self.source.load())
+        with ordinary_tensors():
+            return self._moved(self.source.load())
 
     def free(self) -> bool:
         """Drop the loaded copy (the next `get` loads it again); return whether one was held."""
         with self._lock:
             held = self._value is not None
-            self._value = None
+            self._value = self._as_loaded = None
         return held
+
+    def changed_copy(self) -> Any:
+        """The loaded copy if it changed in place since it loaded (a LoRA, new weights), else None.
+
+        Caches key a `Lazy` by itself while this is None, and by the copy once it changed.
+        """
+        value, as_loaded = self._value, self._as_loaded
+        if value is None:
+            return None
+        now = changes(value)
+        return value if now is None or now != as_loaded else None
 
     def to(self, device: Any = None, dtype: Any = None) -> Lazy:
         """Move the loaded copy, if any, and every later one, to *device* and/or *dtype*."""
@@ -90,7 +125,11 @@ class Lazy:
         return value
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Travels as where it lives (a worker process loads its own copy), with its moves.
+        # Travels as where it lives (a worker process loads its own copy), with its moves;
+        # a loaded copy changed since it loaded (a LoRA) travels itself, as the disk lacks it.
+        changed = self.changed_copy()
+        if changed is not None:
+            return (_itself, (changed,))
         return (_unpickle, (self.source, self._device, self._dtype))
 
     def __copy__(self) -> Lazy:
@@ -108,6 +147,10 @@ def _unpickle(source: Source, device: Any, dtype: Any) -> Lazy:
     lazy = Lazy(source)
     lazy._device, lazy._dtype = device, dtype
     return lazy
+
+
+def _itself(value: Any) -> Any:
+    return value
 
 
 def resolve(value: Any) -> Any:

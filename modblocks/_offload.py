@@ -26,12 +26,13 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
+from ._batching import BatchedModel
 from ._codegen import Cursor
 from ._engine import Hook, Run, UnitCall
-from ._lazy import Lazy, resolve
+from ._lazy import Lazy, ordinary_tensors, resolve
 from ._plan import BLOCK, LOOP, Plan
 from .exceptions import WiringError
 
@@ -56,6 +57,11 @@ _ABSENT: Any = object()
 def _is_module(value: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.nn.Module)
+
+
+def _model_of(value: Any) -> Any:
+    """The model a `StepBatcher`'s stand-in stands for (placed as that model), or *value*."""
+    return value._model if type(value) is BatchedModel else value
 
 
 def default_device() -> Any:
@@ -131,7 +137,7 @@ class Placement(Hook):
         names: list[str] = []
         for name in unit.components:
             value = values.get(name, _ABSENT)
-            if value is not _ABSENT and id(value) not in active and self.manages(value):
+            if value is not _ABSENT and id(_model_of(value)) not in active and self.manages(value):
                 names.append(name)
         if not names:
             proceed()
@@ -140,12 +146,12 @@ class Placement(Hook):
         placed = self.acquire(bound)
         try:
             for name, one in zip(names, placed, strict=True):
-                active.add(id(one))
+                active.add(id(_model_of(one)))
                 values[name] = one
             proceed()
         finally:
             for name, value, one in zip(names, bound, placed, strict=True):
-                active.discard(id(one))
+                active.discard(id(_model_of(one)))
                 if values.get(name) is one:
                     values[name] = value  # the pipeline's own binding, for the next unit
             self.release(bound, placed)
@@ -236,7 +242,8 @@ class ModelOffload(Placement):
         if self.mover is not None:
             self.mover(model, device)
         else:
-            model.to(device)
+            with ordinary_tensors():  # the run is in inference mode: keep the weights usable
+                model.to(device)
 
     def _free_bytes(self) -> int:
         if self.memory is not None:
@@ -251,7 +258,7 @@ class ModelOffload(Placement):
     def acquire(self, values: list[Any]) -> list[Any]:
         """Move the unit's models to the device, after making room for them."""
         placed = [resolve(value) for value in values]
-        models = {id(m): m for m in placed if _is_module(m)}
+        models = {id(m): m for m in map(_model_of, placed) if _is_module(m)}
         with _RESIDENCY.lock:
             incoming = [m for k, m in models.items() if k not in _RESIDENCY.resident]
             needed = sum(_nbytes(m) for m in incoming) if self.keep_free is not None else 0
@@ -262,23 +269,26 @@ class ModelOffload(Placement):
                     break
                 self._evict(key, model, policy)
             now = time.monotonic()
-            for key, model in models.items():
-                _RESIDENCY.uses[key] = _RESIDENCY.uses.get(key, 0) + 1
-                found = _RESIDENCY.resident.get(key)
-                if found is None:
-                    self._move(model, self._device())
-                _RESIDENCY.resident[key] = (model, now, self if found is None else found[2])
+            counted: list[int] = []
+            try:
+                for key, model in models.items():
+                    _RESIDENCY.uses[key] = _RESIDENCY.uses.get(key, 0) + 1
+                    counted.append(key)
+                    found = _RESIDENCY.resident.get(key)
+                    if found is None:
+                        self._move(model, self._device())
+                    _RESIDENCY.resident[key] = (model, now, self if found is None else found[2])
+            except BaseException:
+                # A move failed (out of memory): the unit doesn't run, so it uses nothing,
+                # and the end of the run moves back what did move.
+                _uncount(counted)
+                raise
         return placed
 
     def release(self, values: list[Any], placed: list[Any]) -> None:  # noqa: ARG002
         """The unit's models stay on the device for the next unit (see `finish`)."""
         with _RESIDENCY.lock:
-            for key in {id(m) for m in placed if _is_module(m)}:
-                uses = _RESIDENCY.uses.get(key, 1) - 1
-                if uses > 0:
-                    _RESIDENCY.uses[key] = uses
-                else:
-                    _RESIDENCY.uses.pop(key, None)
+            _uncount({id(m) for m in map(_model_of, placed) if _is_module(m)})
 
     def finish(self) -> None:
         """At the end of a run, every idle model goes back (unless *keep_free* keeps it)."""
@@ -290,6 +300,16 @@ class ModelOffload(Placement):
 
     def __repr__(self) -> str:
         return f"ModelOffload(device={self.device!r}, keep_free={self.keep_free!r})"
+
+
+def _uncount(keys: Iterable[int]) -> None:
+    """One use fewer of each model in *keys* (the residency's lock held)."""
+    for key in keys:
+        uses = _RESIDENCY.uses.get(key, 1) - 1
+        if uses > 0:
+            _RESIDENCY.uses[key] = uses
+        else:
+            _RESIDENCY.uses.pop(key, None)
 
 
 def free_memory(device: Any) -> int:
@@ -350,7 +370,7 @@ class GroupOffload(Placement):
         """Give each model diffusers' group offloading hooks, once."""
         placed = [resolve(value) for value in values]
         with self._lock:
-            for model in placed:
+            for model in map(_model_of, placed):
                 if _is_module(model) and not _has_group_offloading(model):
                     self._apply(model)
         return placed

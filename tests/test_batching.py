@@ -205,6 +205,20 @@ def test_a_run_busy_between_steps_is_waited_for_once(pipe):
     assert batcher.stats == expected
 
 
+def test_model_offload_keeps_a_batched_model_on_the_device_until_every_run_is_done(pipe):
+    # The batcher hands blocks a stand-in for the UNet; the policy must see the UNet in it,
+    # not a model of its own that it moves back while the other runs still compute.
+    moves: list[tuple[str, str]] = []
+    policy = mb.ModelOffload("gpu", mover=lambda m, d: moves.append((type(m).__name__, d)))
+    offloaded = mb.Pipeline(pipe.blocks, components=pipe.components, offload=policy)
+    together, batcher = batched(offloaded, together=2)
+    results = concurrently(digits(together, "1", 0, 3), digits(together, "2", 1, 5))
+    assert_close(results[0], digits(pipe, "1", 0, 3)())
+    assert_close(results[1], digits(pipe, "2", 1, 5)())
+    assert batcher.stats.largest == 2
+    assert moves == [("UNet2DModel", "gpu"), ("UNet2DModel", "cpu")]
+
+
 class Labels(NamedTuple):
     class_labels: torch.Tensor
     batch_size: int

@@ -815,6 +815,21 @@ def test_cache_sees_models_changed_in_place_without_touch():
     assert calls["project"] == 5
 
 
+def test_a_model_made_in_inference_mode_is_run_not_served():
+    # Its weights are inference tensors: changed in place in inference mode, they keep no
+    # version counter to tell, so a block reading it can't be cached (and doesn't fail).
+    with torch.inference_mode():
+        proj = _linear(0)
+    pipe = mb.Pipeline(project, components={"proj": proj}, cache=mb.Cache())
+    x = torch.ones(1, 3)
+    first = pipe(x=x, output="h")
+    with torch.inference_mode():
+        proj.weight.add_(1.0)
+    assert torch.equal(pipe(x=x, output="h"), x @ proj.weight.T + proj.bias)
+    assert not torch.equal(first, x @ proj.weight.T + proj.bias)
+    assert calls["project"] == 2
+
+
 def test_cache_sees_submodules_replaced_inside_a_model():
     @mb.block(output="h")
     def run_model(x: torch.Tensor, model: mb.Component[torch.nn.Sequential]) -> torch.Tensor:

@@ -237,3 +237,61 @@ def test_to_moves_a_lazy_component_when_it_loads(folder):
     out = pipe(noise=NOISE.double(), timestep=10, output="sample")
     assert out.dtype == torch.float64
     assert registry["unet"].value.dtype == torch.float64
+
+
+def test_a_lazy_model_loaded_during_a_run_is_an_ordinary_model(folder):
+    # Runs are under `torch.inference_mode()`; a model loaded there would hold inference
+    # tensors: no in-place change outside it, no autograd, no version counter for a cache.
+    pipe = mb.Pipeline.from_pretrained(folder, _unet_blocks(), lazy=True)
+    pipe(noise=NOISE, timestep=10)
+    unet = pipe.components["unet"].value
+    assert not any(p.is_inference() for p in unet.parameters())
+    unet.load_state_dict(unet.state_dict())  # in place, outside inference mode
+    training = mb.Pipeline(_unet_blocks(), components=pipe.components, inference_mode=False)
+    noise = NOISE.clone().requires_grad_()
+    training(noise=noise, timestep=10, output="sample").sum().backward()
+    assert noise.grad is not None
+    cached = mb.Pipeline(
+        _unet_blocks(),
+        components={"unet": unet, "scheduler": pipe.components["scheduler"].get()},
+        cache=mb.Cache(),
+    )
+    cached(noise=NOISE, timestep=10)
+    assert cached.cache is not None
+    cached(noise=NOISE, timestep=10)
+    assert cached.cache.stats().hits == 1
+
+
+def test_a_cache_sees_a_change_to_a_lazy_models_loaded_copy(folder):
+    pipe = mb.Pipeline.from_pretrained(folder, _unet_blocks(), lazy=True, cache=mb.Cache())
+    before = pipe(noise=NOISE, timestep=10, output="sample")
+    assert torch.equal(pipe(noise=NOISE, timestep=10, output="sample"), before)  # served
+    lazy = pipe.components["unet"]
+    with torch.no_grad():
+        lazy.value.conv_out.weight.mul_(2)  # an optimizer step, a merged LoRA ...
+    changed = mb.Pipeline(
+        _unet_blocks(),
+        components={"unet": lazy.value, "scheduler": pipe.components["scheduler"].get()},
+    )(noise=NOISE, timestep=10, output="sample")
+    assert not torch.equal(changed, before)
+    assert torch.equal(pipe(noise=NOISE, timestep=10, output="sample"), changed)
+    lazy.free()  # loads the weights on disk again: the first result is right again
+    assert torch.equal(pipe(noise=NOISE, timestep=10, output="sample"), before)
+    assert not lazy.loaded  # ... and the cache still serves it without loading
+
+
+def test_a_lazy_component_changed_since_it_loaded_pickles_with_its_changes(folder):
+    # As `pipe.map(executor=ProcessPoolExecutor())` ships it: a worker loading the weights
+    # on disk would silently drop a LoRA or fine-tuned weights.
+    pipe = mb.Pipeline.from_pretrained(folder, _unet_blocks(), lazy=True)
+    pipe(noise=NOISE, timestep=10)
+    with torch.no_grad():
+        pipe.components["unet"].value.conv_out.weight.mul_(2)
+    changed = pipe(noise=NOISE, timestep=10, output="sample")
+    copied = pickle.loads(pickle.dumps(pipe))
+    # The model itself travels: loading it again from disk would lose the change.
+    unet = copied.components["unet"]
+    assert isinstance(unet, UNet2DModel)
+    assert torch.equal(unet.conv_out.weight, pipe.components["unet"].value.conv_out.weight)
+    torch.testing.assert_close(copied(noise=NOISE, timestep=10, output="sample"), changed)
+    assert isinstance(copied.components["scheduler"], mb.Lazy)  # unchanged: where it lives

@@ -219,6 +219,29 @@ def test_model_offload_keeps_models_while_the_memory_probe_says_they_fit(folder)
     ]
 
 
+def test_model_offload_moves_everything_back_when_a_move_fails(folder, expected):
+    class Full(FakeDevice):  # no room for the VAE: as CUDA's out-of-memory error
+        def move(self, model: Any, device: Any) -> None:
+            if type(model).__name__ == "AutoencoderKL" and device != "cpu":
+                msg = "out of memory"
+                raise RuntimeError(msg)
+            super().move(model, device)
+
+    full = Full()
+    pipe = mb.Pipeline.from_pretrained(
+        folder, text2img, offload=mb.ModelOffload("gpu", mover=full.move)
+    )
+    with pytest.raises(Exception, match="out of memory"):
+        images(pipe)
+    assert full.on == {}  # the UNet, moved before the VAE failed, went back
+    device = FakeDevice()
+    pipe = mb.Pipeline(
+        pipe.blocks, components=pipe.components, offload=mb.ModelOffload("gpu", mover=device.move)
+    )
+    np.testing.assert_array_equal(images(pipe), expected)
+    assert device.on == {}
+
+
 def test_sequential_offload_gives_each_model_diffusers_group_offloading(folder, expected):
     pipe = mb.Pipeline.from_pretrained(folder, text2img, offload="sequential")
     np.testing.assert_array_equal(images(pipe), expected)
