@@ -4,13 +4,16 @@ A folder of blocks holds ``blocks.py`` (and any modules it imports relatively, a
 package). Importing it runs its code, so `load_blocks` refuses unless the caller says they
 trust it, and pins what it imported: the SHA-256 of every Python file. ``pin=`` checks the
 files against a hash the caller read before; a folder loaded twice in one process must not
-have changed in between.
+have changed in between. The files are read once: their modules are imported from the bytes
+that were hashed (also those imported later, inside a block), never again from the disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -38,14 +41,22 @@ def _python_files(folder: Path) -> list[Path]:
     )
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every Python file of *folder*, read once: its relative path to its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in _python_files(folder)}
+
+
+def _digest(files: Mapping[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0")
+        digest.update(files[name] + b"\0")
+    return f"sha256:{digest.hexdigest()}"
+
+
 def code_hash(folder: str | os.PathLike[str]) -> str:
     """The SHA-256 of a folder's Python files (their paths and contents): ``"sha256:..."``."""
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in _python_files(root):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return f"sha256:{digest.hexdigest()}"
+    return _digest(_snapshot(Path(folder)))
 
 
 class LoadedBlocks(Mapping[str, Node]):
@@ -128,7 +139,9 @@ def load_blocks(
             f"`{ENTRY}` (listed in its `__all__`)."
         )
         raise LoadError(msg, path=shown)
-    found = code_hash(folder)
+    # The bytes hashed are the bytes run: files changed after this read are never imported.
+    files = _snapshot(folder)
+    found = _digest(files)
     if not trust_remote_code:
         msg = (
             f"`{shown}` holds Python code ({listed([p.name for p in _python_files(folder)])}), "
@@ -156,30 +169,69 @@ def load_blocks(
                     "the new code (the nodes loaded before keep the old code)."
                 )
                 raise BlocksChangedError(msg, path=shown, expected=before[0], found=found)
-        loaded = LoadedBlocks(shown, found, _import(folder, found))
+        loaded = LoadedBlocks(shown, found, _import(folder, found, files))
         _loaded[key] = (found, loaded)
     return loaded
 
 
-def _import(folder: Path, found: str) -> dict[str, Node]:
+class _Snapshot(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports a loaded folder's modules from the bytes that were hashed, never from disk."""
+
+    def __init__(self, package: str, folder: Path, files: Mapping[str, bytes]) -> None:
+        self.package = package
+        self.folder = folder
+        self.files = dict(files)
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: object = None,  # noqa: ARG002 - the finder protocol's; modules are found by name
+        target: object = None,  # noqa: ARG002
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(self.package + "."):
+            return None
+        relative = fullname.removeprefix(self.package + ".").replace(".", "/")
+        if relative + ".py" in self.files:
+            origin = str(self.folder / (relative + ".py"))
+            return importlib.util.spec_from_loader(fullname, self, origin=origin)
+        prefix = relative + "/"
+        if any(name.startswith(prefix) for name in self.files):  # a subpackage
+            origin = str(self.folder / relative / "__init__.py")
+            spec = importlib.util.spec_from_loader(fullname, self, origin=origin, is_package=True)
+            if spec is not None:
+                spec.submodule_search_locations = []  # found by name, here, not on disk
+            return spec
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:  # noqa: ARG002
+        return None  # the default module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        spec = module.__spec__
+        assert spec is not None
+        assert spec.origin is not None
+        relative = Path(spec.origin).relative_to(self.folder).as_posix()
+        source = self.files.get(relative)
+        if source is None:  # a subpackage without `__init__.py`: an empty module
+            return
+        exec(compile(source, spec.origin, "exec"), module.__dict__)  # noqa: S102 - trusted, pinned
+
+
+def _import(folder: Path, found: str, files: Mapping[str, bytes]) -> dict[str, Node]:
     """Import ``blocks.py`` as a module of a package made for this folder and hash."""
     package = _PACKAGE_PREFIX + found.removeprefix("sha256:")[:16]
     if package not in sys.modules:
+        finder = _Snapshot(package, folder, files)
+        sys.meta_path.insert(0, finder)
         module = types.ModuleType(package)
-        module.__path__ = [str(folder)]
+        module.__path__ = []  # its modules come from the snapshot (the finder), not the folder
         module.__file__ = str(folder / "__init__.py")
         sys.modules[package] = module
     name = f"{package}.{ENTRY.removesuffix('.py')}"
-    spec = importlib.util.spec_from_file_location(name, folder / ENTRY)
-    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
-        msg = f"can't import `{folder / ENTRY}`."
-        raise LoadError(msg, path=str(folder))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        module = importlib.import_module(name)
     except BaseException:
-        del sys.modules[name]
+        sys.modules.pop(name, None)
         raise
     names: list[str] = list(getattr(module, "__all__", ()))
     if not names:

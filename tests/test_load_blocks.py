@@ -116,3 +116,28 @@ def test_a_hub_repo_of_blocks_loads_from_the_local_cache(shared, tmp_path):
     )
     assert blocks.twice.run(x=0)["z"] == 20
     assert blocks.path == "tester/blocks"
+
+
+def test_the_code_that_runs_is_the_code_that_was_hashed(tmp_path):
+    # A module imported later (here inside a block, at call time) comes from the files as they
+    # were read and hashed, not from whatever is on disk by then.
+    folder = tmp_path / "late"
+    (folder / "parts").mkdir(parents=True)
+    (folder / "blocks.py").write_text(
+        textwrap.dedent(
+            '''
+            import modblocks as mb
+
+            @mb.block(output="y")
+            def late(x: int) -> int:
+                from .parts.values import VALUE
+                return x + VALUE
+            '''
+        )
+    )
+    (folder / "parts" / "values.py").write_text("VALUE = 1\n")
+    blocks = mb.load_blocks(folder, trust_remote_code=True)
+    (folder / "parts" / "values.py").write_text("VALUE = 1000\n")
+    assert blocks.late.run(x=1)["y"] == 2
+    with pytest.raises(mb.BlocksChangedError):  # and loading it again sees the change
+        mb.load_blocks(folder, trust_remote_code=True, pin=blocks.hash)
