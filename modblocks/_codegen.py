@@ -211,13 +211,25 @@ def _inlinable(plan: Plan) -> bool:
     return isinstance(plan, Call) or (isinstance(plan, Seq) and not plan.node._named)
 
 
-def _attribute(children: tuple[Plan, ...], labels: tuple[str, ...]) -> Any:
-    """A function turning an exception raised by child *k* into its `Failure`, path and all."""
+def _attribute(
+    children: tuple[Plan, ...], labels: tuple[str, ...], *, hooked: bool = False
+) -> Any:
+    """A function turning an exception raised by child *k* into its `Failure`, path and all.
+
+    In hooked code a block's own exceptions arrive as `Failure` (its function wraps them), so
+    anything else was raised around it, by a hook: the message says so.
+    """
 
     def fail(exc: Exception, k: int, values: Values) -> Failure:
         if isinstance(exc, Failure):
             return exc.add(labels[k])
         child = children[k]
+        if hooked:
+            message = (
+                f"raised {type(exc).__name__}: {exc}, in a hook around it (`hooks=`, an "
+                "offloading policy, step batching ...), not in the block itself"
+            )
+            return Failure(BLOCK, exc, message=message, block=labels[k]).add(labels[k])
         failure = child.explain(exc, values) if isinstance(child, Call) else None
         if not isinstance(failure, Failure):  # a hook raised: say so with its own error
             failure = Failure(BLOCK, exc, block=labels[k])
@@ -240,7 +252,7 @@ def _sequence(plan: Seq, *, hooked: bool) -> Any:
     of the generated code it passed through.
     """
     ns: dict[str, Any] = {}
-    fail = _attribute(plan.children, plan.labels)
+    fail = _attribute(plan.children, plan.labels, hooked=hooked)
     positions = plan.positions
 
     def enter(at: Cursor) -> tuple[int, Cursor | None]:

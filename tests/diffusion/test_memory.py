@@ -231,8 +231,10 @@ def test_model_offload_moves_everything_back_when_a_move_fails(folder, expected)
     pipe = mb.Pipeline.from_pretrained(
         folder, text2img, offload=mb.ModelOffload("gpu", mover=full.move)
     )
-    with pytest.raises(Exception, match="out of memory"):
+    with pytest.raises(mb.BlockError, match="out of memory, in a hook around it") as info:
         images(pipe)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert info.value.state is not None  # what ran before is kept, to resume from
     assert full.on == {}  # the UNet, moved before the VAE failed, went back
     device = FakeDevice()
     pipe = mb.Pipeline(
