@@ -211,9 +211,7 @@ def _inlinable(plan: Plan) -> bool:
     return isinstance(plan, Call) or (isinstance(plan, Seq) and not plan.node._named)
 
 
-def _attribute(
-    children: tuple[Plan, ...], labels: tuple[str, ...], *, hooked: bool = False
-) -> Any:
+def _attribute(children: tuple[Plan, ...], labels: tuple[str, ...], *, hooked: bool = False) -> Any:
     """A function turning an exception raised by child *k* into its `Failure`, path and all.
 
     In hooked code a block's own exceptions arrive as `Failure` (its function wraps them), so

@@ -125,14 +125,14 @@ def test_the_code_that_runs_is_the_code_that_was_hashed(tmp_path):
     (folder / "parts").mkdir(parents=True)
     (folder / "blocks.py").write_text(
         textwrap.dedent(
-            '''
+            """
             import modblocks as mb
 
             @mb.block(output="y")
             def late(x: int) -> int:
                 from .parts.values import VALUE
                 return x + VALUE
-            '''
+            """
         )
     )
     (folder / "parts" / "values.py").write_text("VALUE = 1\n")
