@@ -23,7 +23,7 @@ from ._lazy import Lazy
 from ._sources import Source, dtype_name, resolve_repo
 from ._specs import InputSpec
 from ._wrapped import unwrapped
-from .exceptions import LoadError, MissingInputError, ModblocksError
+from .exceptions import InputTypeError, LoadError, MissingInputError, ModblocksError
 
 __all__ = ["INDEX", "MODULAR_INDEX", "load_pretrained", "save_components", "sources_of"]
 
@@ -182,11 +182,21 @@ def load_pretrained(
 
 
 def _check_dtypes(torch_dtype: Any, names: Sequence[str]) -> None:
-    if not isinstance(torch_dtype, Mapping):
+    given: Mapping[str, Any] = (
+        cast("Mapping[str, Any]", torch_dtype) if isinstance(torch_dtype, Mapping) else {}
+    )
+    values: list[Any] = list(given.values()) if given else [torch_dtype]
+    for value in values:
+        if value is not None and not _is_dtype(value):
+            msg = (
+                f"`torch_dtype` must be a torch dtype (`torch.float16`, or its name "
+                f'`"float16"`), a dict of them per component with a `"default"`, or None (each '
+                f"model in the dtype it was saved in), not {value!r}."
+            )
+            raise InputTypeError(msg, name="torch_dtype")
+    if not given:
         return
-    unknown = [
-        k for k in cast("Mapping[str, Any]", torch_dtype) if k != "default" and k not in names
-    ]
+    unknown = [k for k in given if k != "default" and k not in names]
     if unknown:
         msg = (
             f"`torch_dtype` names {', '.join(f'`{k}`' for k in unknown)}, which these blocks "
@@ -194,6 +204,13 @@ def _check_dtypes(torch_dtype: Any, names: Sequence[str]) -> None:
             'and `"default"`.'
         )
         raise ModblocksError(msg)
+
+
+def _is_dtype(value: object) -> bool:
+    import torch
+
+    found = getattr(torch, value, None) if isinstance(value, str) else value
+    return isinstance(found, torch.dtype)
 
 
 def _is_config_value(value: Any) -> bool:

@@ -137,6 +137,11 @@ def test_torch_dtype_per_component_with_a_default(folder):
     assert lazy.components["unet"].get().dtype == torch.float32  # no default: its own
     with pytest.raises(mb.ModblocksError, match=r"`torch_dtype` names `unte`.*\"default\""):
         mb.Pipeline.from_pretrained(folder, text2img, torch_dtype={"unte": torch.float16})
+    for bad in ("auto", {"unet": "half-ish"}, 16):
+        with pytest.raises(mb.InputTypeError, match="`torch_dtype` must be a torch dtype"):
+            mb.Pipeline.from_pretrained(folder, text2img, torch_dtype=bad)
+    named = mb.Pipeline.from_pretrained(folder, text2img, torch_dtype={"default": "float64"})
+    assert named.components["unet"].dtype == torch.float64
 
 
 def test_adapters_load_the_lazy_models_they_change(folder):
