@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from ._batching import BatchedModel
 from ._codegen import Cursor
@@ -178,12 +178,34 @@ class _Residency:
         found = [
             (last, key, model, policy)
             for key, (model, last, policy) in self.resident.items()
-            if self.uses.get(key, 0) == 0 and str(policy._device()) == device
+            if self.uses.get(key, 0) == 0 and device_key(policy._device()) == device
         ]
         return sorted(found, key=lambda item: item[:2])
 
 
 _RESIDENCY = _Residency()
+
+
+def device_key(device: Any) -> str:
+    """One spelling per device: ``"cuda"`` and ``torch.device("cuda:0")`` are the same one.
+
+    A device without an index is the backend's current one; names torch doesn't know (a
+    test's fake device) are kept as they are.
+    """
+    import torch
+
+    try:
+        found = torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        return str(device)
+    index: int | None = cast("int | None", found.index)  # None at run time, whatever stubs say
+    if index is None and found.type != "cpu":
+        backend = getattr(torch, found.type, None)
+        available = getattr(backend, "is_available", None)
+        current = getattr(backend, "current_device", None)
+        if available is not None and current is not None and available():
+            return f"{found.type}:{current()}"
+    return str(found)
 
 
 def _nbytes(module: Any) -> int:
@@ -262,7 +284,7 @@ class ModelOffload(Placement):
         with _RESIDENCY.lock:
             incoming = [m for k, m in models.items() if k not in _RESIDENCY.resident]
             needed = sum(_nbytes(m) for m in incoming) if self.keep_free is not None else 0
-            for _, key, model, policy in _RESIDENCY.idle(str(self._device())):
+            for _, key, model, policy in _RESIDENCY.idle(device_key(self._device())):
                 if key in models:
                     continue
                 if self.keep_free is not None and self._free_bytes() - needed >= self.keep_free:
@@ -295,7 +317,7 @@ class ModelOffload(Placement):
         if self.keep_free is not None:
             return
         with _RESIDENCY.lock:
-            for _, key, model, policy in _RESIDENCY.idle(str(self._device())):
+            for _, key, model, policy in _RESIDENCY.idle(device_key(self._device())):
                 self._evict(key, model, policy)
 
     def __repr__(self) -> str:

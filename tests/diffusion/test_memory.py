@@ -340,3 +340,14 @@ def test_a_wrapped_model_of_the_wrong_class_is_still_rejected():
     compiled_vae = torch.compile(components["vae"], backend="eager")
     with pytest.raises(mb.WiringError, match=r"`unet` must be .*UNet2DConditionModel"):
         mb.Pipeline(text2img, components={**components, "unet": compiled_vae})
+
+
+def test_offload_policies_name_one_device_one_way():
+    from modblocks._offload import device_key
+
+    # Policies given "cpu" and torch.device("cpu") see each other's models as on one device;
+    # "cuda" is the current CUDA device where there is one (as "cuda:0" names it).
+    assert device_key("cpu") == device_key(torch.device("cpu")) == "cpu"
+    assert device_key("gpu") == "gpu"  # a name torch doesn't know stays as it is
+    if torch.cuda.is_available():
+        assert device_key("cuda") == device_key(torch.device("cuda", torch.cuda.current_device()))
