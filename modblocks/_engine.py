@@ -383,16 +383,8 @@ def run_plain(node: Runnable, values: Values) -> State:
     accepted, required, checks, function, label = entry
     if function is None or not values.keys() <= accepted or not required <= values.keys():
         return execute(node, None, values)  # it reports the names, or runs the hooked path
-    for name, value in values.items():
-        check = checks.get(name)
-        if check is None:
-            continue
-        if isinstance(check, tuple):
-            if isinstance(value, check):
-                continue
-        elif check(value):
-            continue
-        check_values(node, {name: value})  # raises, with the message
+    if checks:
+        check_values(node, values, checks)
     try:
         function(values, None)
     except Failure as failure:
@@ -503,9 +495,12 @@ def check_options(
         raise InputTypeError(msg, node=label, name=name)
 
 
-def check_values(node: Runnable, given: Mapping[str, Any]) -> None:
+def check_values(
+    node: Runnable, given: Mapping[str, Any], checks: Mapping[str, Check] | None = None
+) -> None:
     """Check each given value against the type its first reader declares (where cheap)."""
-    checks = node._input_checks
+    if checks is None:
+        checks = node._input_checks
     for name, value in given.items():
         check = checks.get(name)
         if check is None:
