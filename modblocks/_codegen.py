@@ -221,13 +221,13 @@ def _attribute(children: tuple[Plan, ...], labels: tuple[str, ...], *, hooked: b
     def fail(exc: Exception, k: int, values: Values) -> Failure:
         if isinstance(exc, Failure):
             return exc.add(labels[k])
-        child = children[k]
         if hooked:
             message = (
                 f"raised {type(exc).__name__}: {exc}, in a hook around it (`hooks=`, an "
                 "offloading policy, step batching ...), not in the block itself"
             )
             return Failure(BLOCK, exc, message=message, block=labels[k]).add(labels[k])
+        child = children[k]
         failure = child.explain(exc, values) if isinstance(child, Call) else None
         if not isinstance(failure, Failure):  # a hook raised: say so with its own error
             failure = Failure(BLOCK, exc, block=labels[k])

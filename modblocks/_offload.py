@@ -178,7 +178,7 @@ class _Residency:
         found = [
             (last, key, model, policy)
             for key, (model, last, policy) in self.resident.items()
-            if self.uses.get(key, 0) == 0 and device_key(policy._device()) == device
+            if self.uses.get(key, 0) == 0 and policy._key() == device
         ]
         return sorted(found, key=lambda item: item[:2])
 
@@ -250,6 +250,7 @@ class ModelOffload(Placement):
         self.keep_free = keep_free
         self.mover = mover
         self.memory = memory
+        self._keyed: tuple[Any, str] | None = None  # (device, its `device_key`)
 
     def manages(self, value: Any) -> bool:
         """Lazy components and torch modules."""
@@ -259,6 +260,14 @@ class ModelOffload(Placement):
         if self.device is None:
             self.device = default_device()
         return self.device
+
+    def _key(self) -> str:
+        """The device's `device_key`, worked out once per device (units ask for it often)."""
+        device = self._device()
+        keyed = self._keyed
+        if keyed is None or keyed[0] is not device:
+            keyed = self._keyed = (device, device_key(device))
+        return keyed[1]
 
     def _move(self, model: Any, device: Any) -> None:
         if self.mover is not None:
@@ -284,7 +293,7 @@ class ModelOffload(Placement):
         with _RESIDENCY.lock:
             incoming = [m for k, m in models.items() if k not in _RESIDENCY.resident]
             needed = sum(_nbytes(m) for m in incoming) if self.keep_free is not None else 0
-            for _, key, model, policy in _RESIDENCY.idle(device_key(self._device())):
+            for _, key, model, policy in _RESIDENCY.idle(self._key()):
                 if key in models:
                     continue
                 if self.keep_free is not None and self._free_bytes() - needed >= self.keep_free:
@@ -317,7 +326,7 @@ class ModelOffload(Placement):
         if self.keep_free is not None:
             return
         with _RESIDENCY.lock:
-            for _, key, model, policy in _RESIDENCY.idle(device_key(self._device())):
+            for _, key, model, policy in _RESIDENCY.idle(self._key()):
                 self._evict(key, model, policy)
 
     def __repr__(self) -> str:
